@@ -1,0 +1,18 @@
+// Each area of passlaunch adds its subcommands to the CLI11 app here. A
+// subcommand's callback stores what to do in `action`; main() runs it after
+// parsing, so parsing errors and runtime errors are reported the same way.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace pl::cli {
+
+/// What the chosen subcommand does; returns the process exit code.
+using Action = std::function<int()>;
+
+void add_profile_commands(CLI::App& app, Action& action);  // run (--dry-run), argv
+void add_qmp_command(CLI::App& app, Action& action);       // qmp
+void add_rom_commands(CLI::App& app, Action& action);      // rom inspect|patch
+
+}  // namespace pl::cli
