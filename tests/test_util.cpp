@@ -29,10 +29,10 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-std::string guest_kernel() { return std::string(PL_BINARY_DIR) + "/guest/vmlinuz"; }
+std::string guest_kernel() { return std::string(PL_TEST_GUEST_DIR) + "/vmlinuz"; }
 
 std::string guest_initrd(const std::string& variant) {
-  return std::string(PL_BINARY_DIR) + "/guest/initramfs-" + variant + ".cpio.gz";
+  return std::string(PL_TEST_GUEST_DIR) + "/initramfs-" + variant + ".cpio.gz";
 }
 
 int run_command(const std::vector<std::string>& argv) {
