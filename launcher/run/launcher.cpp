@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
+
 #include <boost/asio.hpp>
 #include <chrono>
 #include <cstdio>
@@ -21,6 +23,7 @@
 #include "core/text.h"
 #include "profile/argv.h"
 #include "qmp/client.h"
+#include "run/control.h"
 #include "run/facts.h"
 #include "run/pinning.h"
 #include "run/runtime.h"
@@ -103,7 +106,8 @@ class Supervisor {
       : profile_(profile),
         options_(options),
         signals_(io_, SIGINT, SIGTERM),
-        qmp_(io_.get_executor()) {}
+        qmp_(io_.get_executor()),
+        timeout_s_(profile.shutdown_timeout_s) {}
 
   int run() {
     t0_ = Clock::now();
@@ -125,6 +129,7 @@ class Supervisor {
     log("starting: " + join_quoted(argv));
     // 4. Spawn paused, already inside the emulator set.
     qmp_path_ = runtime.file("qmp.sock");
+    control_path_ = runtime.file("control.sock");
     int listener = listen_unix(qmp_path_);
     auto [out_rd, out_wr] = make_pipe();
     auto [err_rd, err_wr] = make_pipe();
@@ -184,10 +189,11 @@ class Supervisor {
   /// Connect, pin every thread, read the pins back, and only then `cont`.
   awaitable<void> start() {
     qmp::ConnectOptions co;
-    co.deadline = Clock::now() + 30s;
+    co.timeout = 30s;
+    co.greeting_timeout = 30s;  // TCG on a loaded host can be slow to greet
     co.peer_alive = [this] { return !exited_; };
+    qmp_.add_listener([this](const json& ev) { on_event(ev); });
     co_await qmp_.connect(qmp_path_, co);
-    qmp_.on_event([this](const json& ev) { on_event(ev); });
     long connected = elapsed_ms();
 
     QemuThreads threads;
@@ -209,8 +215,43 @@ class Supervisor {
     }
     co_await qmp_.execute("cont");
     outcome_.started = true;
+    started_at_ = std::chrono::system_clock::now();
     log("guest running (" + std::to_string(elapsed_ms()) + " ms after start; QMP ready at " +
         std::to_string(connected) + " ms)");
+    start_control();
+  }
+
+  /// The QMP-speaking control socket for `ctl`, `list` and any QMP client.
+  void start_control() {
+    control_.emplace(io_.get_executor(), control_path_, qmp_);
+    control_->add_command("passlaunch-status", [this](const json&) -> awaitable<json> {
+      json st = co_await qmp_.execute("query-status");
+      auto up = std::chrono::system_clock::now() - started_at_;
+      co_return json{{"name", profile_.name},
+                     {"launcher-pid", ::getpid()},
+                     {"qemu-pid", pid_},
+                     {"status", st.value("status", "unknown")},
+                     {"running", st.value("running", false)},
+                     {"uptime-s", std::chrono::duration_cast<std::chrono::seconds>(up).count()},
+                     {"shutting-down", outcome_.shutting_down},
+                     {"vfio", std::any_of(profile_.devices.begin(), profile_.devices.end(),
+                                          [](const VfioDevice& d) { return d.attach; })}};
+    });
+    control_->add_command("passlaunch-shutdown", [this](const json& args) -> awaitable<json> {
+      if (args.is_object() && args.contains("timeout")) {
+        if (!args["timeout"].is_number_integer() || args["timeout"].get<int>() < 1) {
+          throw qmp::Error(qmp::ErrorKind::command_error, "bad timeout", "passlaunch-shutdown",
+                           "GenericError", "'timeout' must be a positive integer (seconds)");
+        }
+        timeout_s_ = args["timeout"].get<int>();
+      }
+      if (!outcome_.shutting_down) {
+        log("shutdown requested on the control socket");
+        asio::co_spawn(io_, graceful_shutdown(), asio::detached);
+      }
+      co_return json::object();
+    });
+    control_->start();
   }
 
   /// Every pinned thread must now be allowed exactly its planned CPUs.
@@ -232,6 +273,7 @@ class Supervisor {
     std::string name = ev.value("event", "");
     std::string data = ev.contains("data") ? " " + ev["data"].dump() : "";
     log("event " + name + data);
+    if (control_) control_->broadcast(ev);
     if (name == "SHUTDOWN" && ev.contains("data") && ev["data"].value("guest", false)) {
       outcome_.guest_shutdown = true;
     } else if (name == "GUEST_PANICKED") {
@@ -254,7 +296,8 @@ class Supervisor {
 
   awaitable<void> watch_signals() {
     for (int count = 0;; ++count) {
-      auto [ec, sig] = co_await signals_.async_wait(asio::as_tuple(use_awaitable));
+      boost::system::error_code ec;
+      int sig = co_await signals_.async_wait(asio::redirect_error(use_awaitable, ec));
       if (ec) co_return;
       if (count == 0) {
         log(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
@@ -272,9 +315,8 @@ class Supervisor {
   awaitable<void> graceful_shutdown() {
     outcome_.shutting_down = true;
     if (!outcome_.started) co_return;  // start() sees the flag and quits
-    auto deadline = Clock::now() + std::chrono::seconds(profile_.shutdown_timeout_s);
-    auto again = Clock::now() + std::min<Clock::duration>(
-                                    5s, std::chrono::seconds(profile_.shutdown_timeout_s) / 2);
+    auto deadline = Clock::now() + std::chrono::seconds(timeout_s_);
+    auto again = Clock::now() + std::min<Clock::duration>(5s, std::chrono::seconds(timeout_s_) / 2);
     co_await press_power_button();
     asio::steady_timer timer(io_);
     timer.expires_at(again);
@@ -285,7 +327,7 @@ class Supervisor {
     }
     timer.expires_at(deadline);
     co_await timer.async_wait(use_awaitable);
-    log("the guest did not shut down within " + std::to_string(profile_.shutdown_timeout_s) +
+    log("the guest did not shut down within " + std::to_string(timeout_s_) +
         " s: quitting QEMU");
     co_await quit();
   }
@@ -304,7 +346,7 @@ class Supervisor {
     quitting_ = true;
     outcome_.forced = !outcome_.guest_shutdown;
     try {
-      co_await qmp_.execute("quit", json::object(), 5s);
+      co_await qmp_.execute("quit", nullptr, 5s);
     } catch (const std::exception& e) {
       log(std::string("quit: ") + e.what());
     }
@@ -322,8 +364,9 @@ class Supervisor {
                              bool keep_tail) {
     std::string buf;
     for (;;) {
-      auto [ec, n] = co_await asio::async_read_until(pipe, asio::dynamic_buffer(buf), '\n',
-                                                     asio::as_tuple(use_awaitable));
+      boost::system::error_code ec;
+      size_t n = co_await asio::async_read_until(pipe, asio::dynamic_buffer(buf), '\n',
+                                                 asio::redirect_error(use_awaitable, ec));
       if (ec) co_return;
       std::string line = buf.substr(0, n - 1);
       buf.erase(0, n);
@@ -408,8 +451,11 @@ class Supervisor {
   asio::io_context io_;
   asio::signal_set signals_;
   qmp::Client qmp_;
+  std::optional<ControlServer> control_;
   std::optional<asio::posix::stream_descriptor> pidfd_, stdout_, stderr_;
-  std::string qmp_path_;
+  std::string qmp_path_, control_path_;
+  int timeout_s_;
+  std::chrono::system_clock::time_point started_at_;
   pid_t pid_ = -1;
   bool exited_ = false;
   bool quitting_ = false;
