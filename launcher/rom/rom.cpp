@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
+#include <tuple>
 
 #include "core/error.h"
 
@@ -184,19 +185,26 @@ ParseResult parse_chain(std::span<const uint8_t> d, size_t start) {
 
 ParseResult find_chain(std::span<const uint8_t> d, std::optional<uint16_t> vendor,
                        std::optional<uint16_t> device) {
-  std::optional<ChainError> at_zero, first_with_pcir, mismatch;
+  // Without a chain, report the most complete candidate: the one with the most
+  // valid image bytes before its failure, then the one at offset 0, then one
+  // whose first image has a PCIR signature; the earliest on ties.
+  struct Candidate {
+    size_t start;
+    ChainError error;
+    std::tuple<size_t, bool, bool> score;
+  };
+  std::optional<Candidate> best;
+  std::optional<ChainError> mismatch;
   size_t candidates = 0;
   for (size_t i = 0; i + 1 < d.size(); ++i) {
     if (d[i] != 0x55 || d[i + 1] != 0xAA) continue;
     ++candidates;
     ParseResult r = parse_chain(d, i);
     if (!r.chain) {
-      if (i == 0) at_zero = r.error;
-      // A candidate whose first image has a PCIR signature is the telling one.
       size_t pcir = d.size() - i >= kHeaderSize ? le16(d, i + 0x18) : 0;
-      if (!first_with_pcir && pcir >= kHeaderSize && has(d, i + pcir, "PCIR")) {
-        first_with_pcir = r.error;
-      }
+      bool has_pcir = pcir >= kHeaderSize && has(d, i + pcir, "PCIR");
+      Candidate c{i, r.error, {r.error.offset - i, i == 0, has_pcir}};
+      if (!best || c.score > best->score) best = std::move(c);
       continue;
     }
     const Image& id = r.chain->identity();
@@ -212,15 +220,20 @@ ParseResult find_chain(std::span<const uint8_t> d, std::optional<uint16_t> vendo
     return r;
   }
   if (mismatch) return ParseResult{std::nullopt, *mismatch};
-  if (at_zero) return ParseResult{std::nullopt, *at_zero};
-  if (first_with_pcir) return ParseResult{std::nullopt, *first_with_pcir};
+  if (best && best->start == 0) return ParseResult{std::nullopt, best->error};
+  if (best && (std::get<0>(best->score) > 0 || std::get<2>(best->score))) {
+    return ParseResult{
+        std::nullopt,
+        {best->error.offset, "no chain at offset 0; the most complete candidate, at " +
+                                 hex(best->start) + ", fails: " + best->error.message}};
+  }
   if (candidates == 0) {
     return ParseResult{
         std::nullopt, {0, "no 55 AA signature anywhere in " + std::to_string(d.size()) + " bytes"}};
   }
-  return ParseResult{std::nullopt,
-                     {0, std::to_string(candidates) + " 55 AA signatures, but none leads to a PCIR "
-                                                      "structure"}};
+  return ParseResult{
+      std::nullopt,
+      {0, std::to_string(candidates) + " 55 AA signatures, but none leads to a PCIR structure"}};
 }
 
 std::string code_type_name(uint8_t code_type) {
