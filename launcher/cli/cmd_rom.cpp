@@ -39,9 +39,14 @@ std::string describe_efi(const rom::EfiInfo& efi) {
 rom::Chain find_or_throw(const std::string& file, const std::vector<uint8_t>& data,
                          std::optional<std::pair<uint16_t, uint16_t>> id = {}) {
   rom::ParseResult r = id ? rom::find_chain(data, id->first, id->second) : rom::find_chain(data);
+  if (!r.chain && r.error.wrong_device) {
+    throw Error(Exit::kUsage, file + ": " + r.error.message + " (--device)",
+                "check the GPU's IDs with `lspci -nn`");
+  }
   if (!r.chain) {
     throw Error(Exit::kUsage, file + ": no complete, valid option ROM chain: " + r.error.message,
-                "`passlaunch rom inspect " + file + "` lists what the file holds");
+                "is it a GPU vBIOS? dump it again (`nvflash --save`, or "
+                "/sys/bus/pci/devices/ADDR/rom after `echo 1 > rom`)");
   }
   return std::move(*r.chain);
 }

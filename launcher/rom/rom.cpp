@@ -157,11 +157,6 @@ ParseResult parse_chain(std::span<const uint8_t> d, size_t start) {
                   hex(d.size()) + " (truncated)");
     }
     auto bytes = d.subspan(p, img.length);
-    if (img.code_type == kCodeX86) {
-      uint8_t sum = 0;
-      for (uint8_t b : bytes) sum += b;
-      img.checksum_ok = sum == 0;
-    }
     if (img.code_type == kCodeEfi && le16(bytes, 4) == 0x0EF1) {
       img.efi = EfiInfo{le16(bytes, 8), le16(bytes, 0x0A), le16(bytes, 0x0C)};
     }
@@ -179,6 +174,13 @@ ParseResult parse_chain(std::span<const uint8_t> d, size_t start) {
     if (chain.images.back().last) break;
   }
   chain.end = p;
+  // Checksums only once the chain is complete: scanning a dump tries every 55 AA.
+  for (Image& img : chain.images) {
+    if (img.code_type != kCodeX86) continue;
+    uint8_t sum = 0;
+    for (uint8_t b : d.subspan(img.offset, img.length)) sum += b;
+    img.checksum_ok = sum == 0;
+  }
   chain.nvidia_end = std::max(chain.end, nvidia_walk(d, start).value_or(0));
   return ParseResult{std::move(chain), {}};
 }
@@ -199,10 +201,13 @@ ParseResult find_chain(std::span<const uint8_t> d, std::optional<uint16_t> vendo
   for (size_t i = 0; i + 1 < d.size(); ++i) {
     if (d[i] != 0x55 || d[i + 1] != 0xAA) continue;
     ++candidates;
+    // Most 55 AA in a header lead to no PCIR: skip them without building an
+    // error message (only the one at offset 0 is ever reported).
+    size_t pcir = d.size() - i >= kHeaderSize ? le16(d, i + 0x18) : 0;
+    bool has_pcir = pcir >= kHeaderSize && has(d, i + pcir, "PCIR");
+    if (!has_pcir && i != 0) continue;
     ParseResult r = parse_chain(d, i);
     if (!r.chain) {
-      size_t pcir = d.size() - i >= kHeaderSize ? le16(d, i + 0x18) : 0;
-      bool has_pcir = pcir >= kHeaderSize && has(d, i + pcir, "PCIR");
       Candidate c{i, r.error, {r.error.offset - i, i == 0, has_pcir}};
       if (!best || c.score > best->score) best = std::move(c);
       continue;
@@ -210,10 +215,12 @@ ParseResult find_chain(std::span<const uint8_t> d, std::optional<uint16_t> vendo
     const Image& id = r.chain->identity();
     if ((vendor && id.vendor != *vendor) || (device && !id.matches(id.vendor, *device))) {
       if (!mismatch) {
-        mismatch = ChainError{i, "the chain at " + hex(i) + " is for " + hex4(id.vendor) + ":" +
-                                     hex4(id.device) + ", not " +
-                                     (vendor ? hex4(*vendor) : std::string("any")) + ":" +
-                                     (device ? hex4(*device) : std::string("any"))};
+        mismatch = ChainError{i,
+                              "the chain at " + hex(i) + " is for " + hex4(id.vendor) + ":" +
+                                  hex4(id.device) + ", not " +
+                                  (vendor ? hex4(*vendor) : std::string("any")) + ":" +
+                                  (device ? hex4(*device) : std::string("any")),
+                              true};
       }
       continue;
     }

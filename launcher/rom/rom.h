@@ -88,6 +88,7 @@ struct Chain {
 struct ChainError {
   size_t offset = 0;
   std::string message;
+  bool wrong_device = false;  ///< find_chain: valid chains exist, none for the vendor/device.
 };
 
 /// Parses the chain starting exactly at `start`; a ChainError names the first
