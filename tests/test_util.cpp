@@ -1,6 +1,7 @@
 #include "test_util.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 
 #include "run/facts.h"
 #include "run/spawn.h"
@@ -134,6 +136,77 @@ PausedQemu::~PausedQemu() {
 std::string PausedQemu::query_status() {
   auto reply = nlohmann::json::parse(qmp_exchange(qmp_, R"({"execute": "query-status"})"));
   return reply.at("return").at("status").get<std::string>();
+}
+
+std::string guest_profile(const std::string& name, const std::string& variant,
+                          const std::string& extra, int timeout_s) {
+  return R"({"name": ")" + name + R"(", "accel": "tcg", "memory": {"size_mib": 256},
+    "cpu": {"model": "max", "vcpus": 1},
+    "pinning": {"vcpus": [1], "emulator": "0", "iothreads": [{"id": "io0", "cpus": "1"}]},
+    "kernel": {"path": ")" + guest_kernel() + R"(", "initrd": ")" + guest_initrd(variant) +
+         R"(", "append": "console=ttyS0 quiet"},
+    "serial": "log", "shutdown_timeout_s": )" + std::to_string(timeout_s) + extra + "}";
+}
+
+Output::~Output() { ::close(fd_); }
+
+bool Output::wait_for(const std::string& needle, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (text_.find(needle) == std::string::npos) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{fd_, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;
+    char buf[4096];
+    ssize_t n = ::read(fd_, buf, sizeof buf);
+    if (n <= 0) return false;
+    text_.append(buf, n);
+  }
+  return true;
+}
+
+void Output::drain() { wait_for(std::string("\x01") + "never", std::chrono::seconds(30)); }
+
+Passlaunch::Passlaunch(const std::vector<std::string>& args, const std::string& runtime_base) {
+  ::setenv("XDG_RUNTIME_DIR", runtime_base.c_str(), 1);
+  auto [rd, wr] = make_pipe();
+  SpawnSpec spec;
+  spec.argv = {PL_PASSLAUNCH};
+  spec.argv.insert(spec.argv.end(), args.begin(), args.end());
+  spec.stdout_fd = wr;
+  spec.stderr_fd = wr;
+  spec.death_signal = SIGKILL;
+  Child c = spawn_child(spec);
+  ::close(wr);
+  ::close(c.pidfd);
+  pid_ = c.pid;
+  out_ = std::make_unique<Output>(rd);
+}
+
+Passlaunch::~Passlaunch() {
+  if (!reaped_) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+}
+
+int Passlaunch::wait(std::chrono::seconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  int status = 0;
+  while (::waitpid(pid_, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) return 1000;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  reaped_ = true;
+  out_->drain();
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+std::pair<int, std::string> passlaunch_cmd(const std::vector<std::string>& args,
+                                           const std::string& runtime_base) {
+  Passlaunch p(args, runtime_base);
+  int code = p.wait(std::chrono::seconds(180));
+  return {code, p.out().text()};
 }
 
 }  // namespace pl::test

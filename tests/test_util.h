@@ -4,7 +4,10 @@
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pl::test {
@@ -52,5 +55,48 @@ class PausedQemu {
   int qmp_ = -1;
   int stderr_ = -1;
 };
+
+/// A profile for the test guest under TCG (vCPU on CPU 1, emulator on 0,
+/// iothread io0 on 1, serial logged); `extra` adds top-level members.
+std::string guest_profile(const std::string& name, const std::string& variant,
+                          const std::string& extra = "", int timeout_s = 30);
+
+/// Output of a process, read as it comes.
+class Output {
+ public:
+  explicit Output(int fd) : fd_(fd) {}
+  ~Output();
+  /// Waits until `needle` has appeared; false on EOF or timeout.
+  bool wait_for(const std::string& needle,
+                std::chrono::milliseconds timeout = std::chrono::seconds(90));
+  /// Reads until EOF (at most 30 s).
+  void drain();
+  const std::string& text() const { return text_; }
+
+ private:
+  int fd_;
+  std::string text_;
+};
+
+/// `passlaunch ARGS...` with stdout and stderr captured; XDG_RUNTIME_DIR is
+/// set to `runtime_base` so tests never collide. Killed if still running.
+class Passlaunch {
+ public:
+  Passlaunch(const std::vector<std::string>& args, const std::string& runtime_base);
+  ~Passlaunch();
+  pid_t pid() const { return pid_; }
+  Output& out() { return *out_; }
+  /// The exit code (or -signal); 1000 on timeout.
+  int wait(std::chrono::seconds timeout = std::chrono::seconds(120));
+
+ private:
+  pid_t pid_;
+  bool reaped_ = false;
+  std::unique_ptr<Output> out_;
+};
+
+/// Runs `passlaunch ARGS...` to completion: {exit code, output}.
+std::pair<int, std::string> passlaunch_cmd(const std::vector<std::string>& args,
+                                           const std::string& runtime_base);
 
 }  // namespace pl::test

@@ -15,6 +15,7 @@
 #include <ctime>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,7 @@
 #include "core/text.h"
 #include "profile/argv.h"
 #include "qmp/client.h"
+#include "rom/rom.h"
 #include "run/control.h"
 #include "run/facts.h"
 #include "run/pinning.h"
@@ -115,6 +117,8 @@ class Supervisor {
     for (const std::string& w : check_pin_plan(profile_, read_cpu_topology(options_.host_root))) {
       log("warning: " + w);
     }
+    // ... and every romfile: a valid option ROM chain for the device it is on.
+    check_romfiles();
     // 2. One instance per name; the runtime dir holds the sockets.
     RuntimeDir runtime(profile_.name);
     HostFacts facts = probe_host_facts(profile_);
@@ -180,6 +184,28 @@ class Supervisor {
     std::vector<std::string> q;
     for (const auto& a : argv) q.push_back(shell_quote(a));
     return join(q, " ");
+  }
+
+  /// A romfile must be a valid ROM chain from offset 0, of the device's own
+  /// vendor and device id when sysfs knows the device.
+  void check_romfiles() {
+    for (size_t i = 0; i < profile_.devices.size(); ++i) {
+      const VfioDevice& d = profile_.devices[i];
+      if (d.romfile.empty()) continue;
+      std::string dev = options_.host_root + "/sys/bus/pci/devices/" + d.address.str();
+      auto read_id = [&](const char* leaf) -> std::optional<uint16_t> {
+        std::ifstream in(dev + "/" + leaf);
+        std::string text;
+        if (!(in >> text)) return std::nullopt;
+        return static_cast<uint16_t>(std::stoul(text, nullptr, 16));
+      };
+      try {
+        rom::validate_romfile(d.romfile, read_id("vendor"), read_id("device"));
+      } catch (const Error& e) {
+        throw Error(e.code(), profile_.file + ": /devices/" + std::to_string(i) + "/romfile: " +
+                                  e.what(), e.hint());
+      }
+    }
   }
 
   long elapsed_ms() const {
