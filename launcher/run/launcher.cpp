@@ -302,6 +302,9 @@ class Supervisor {
     if (control_) control_->broadcast(ev);
     if (name == "SHUTDOWN" && ev.contains("data") && ev["data"].value("guest", false)) {
       outcome_.guest_shutdown = true;
+    } else if (name == "SHUTDOWN") {
+      // quit from a control client (`ctl poweroff`) or a signal to QEMU.
+      outcome_.forced = true;
     } else if (name == "GUEST_PANICKED") {
       outcome_.panicked = true;
       asio::co_spawn(io_, quit(), asio::detached);
