@@ -1,0 +1,485 @@
+// Macvtap and bridge taps, created for real in a network namespace that each
+// test makes for itself (a thread that unshares CLONE_NEWNET), with a veth
+// pair pl-veth0/pl-veth1 inside. The namespace has no name and no mount: it
+// vanishes with the thread and the processes it started, even when a test
+// fails, and nothing is created in the host's namespace.
+#include "net/tap.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <netlink/netlink.h>
+#include <netlink/route/link.h>
+#include <netlink/route/link/macvtap.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include "core/error.h"
+#include "run/spawn.h"
+#include "test_util.h"
+
+namespace pl {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+/// Runs `body` on a thread in a fresh network namespace holding the veth pair
+/// pl-veth0 <-> pl-veth1, both up. Exceptions and failed assertions reach the test.
+void in_netns(const std::function<void()>& body) {
+  std::exception_ptr error;
+  std::thread t([&] {
+    try {
+      if (::unshare(CLONE_NEWNET) != 0) {
+        ADD_FAILURE() << "unshare(CLONE_NEWNET): " << std::strerror(errno);
+        return;
+      }
+      ASSERT_EQ(test::run_command({"ip", "link", "set", "lo", "up"}), 0);
+      ASSERT_EQ(test::run_command({"ip", "link", "add", "pl-veth0", "type", "veth", "peer", "name",
+                                   "pl-veth1"}),
+                0);
+      ASSERT_EQ(test::run_command({"ip", "link", "set", "pl-veth0", "up"}), 0);
+      ASSERT_EQ(test::run_command({"ip", "link", "set", "pl-veth1", "up"}), 0);
+      body();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+/// The interfaces of the calling thread's namespace, by name.
+std::set<std::string> link_names() {
+  std::set<std::string> names;
+  if (struct if_nameindex* list = ::if_nameindex()) {
+    for (struct if_nameindex* i = list; i->if_index; ++i) names.insert(i->if_name);
+    ::if_freenameindex(list);
+  }
+  return names;
+}
+
+const std::set<std::string> kPairOnly = {"lo", "pl-veth0", "pl-veth1"};
+
+/// What the kernel says about one link, read back over rtnetlink.
+struct LinkInfo {
+  std::string type, mac;
+  int ifindex = 0, lower = 0, master = 0;
+  unsigned flags = 0;
+  uint32_t macvtap_mode = 0;
+  uint64_t rx_packets = 0;
+};
+
+std::optional<LinkInfo> read_link(const std::string& name) {
+  nl_sock* sock = nl_socket_alloc();
+  nl_connect(sock, NETLINK_ROUTE);
+  rtnl_link* l = nullptr;
+  int e = rtnl_link_get_kernel(sock, 0, name.c_str(), &l);
+  nl_socket_free(sock);
+  if (e < 0) return std::nullopt;
+  LinkInfo info;
+  if (const char* t = rtnl_link_get_type(l)) info.type = t;
+  char buf[64];
+  if (nl_addr* a = rtnl_link_get_addr(l)) info.mac = nl_addr2str(a, buf, sizeof buf);
+  info.ifindex = rtnl_link_get_ifindex(l);
+  info.lower = rtnl_link_get_link(l);
+  info.master = rtnl_link_get_master(l);
+  info.flags = rtnl_link_get_flags(l);
+  if (info.type == "macvtap") info.macvtap_mode = rtnl_link_macvtap_get_mode(l);
+  info.rx_packets = rtnl_link_get_stat(l, RTNL_LINK_RX_PACKETS);
+  rtnl_link_put(l);
+  return info;
+}
+
+NetDevice macvtap(const std::string& mode, const std::string& mac) {
+  NetDevice n;
+  n.type = NetDevice::Type::kMacvtap;
+  n.link = "pl-veth0";
+  n.mode = mode;
+  n.mac = mac;
+  return n;
+}
+
+const std::string kWhere = "test.json: /network/0";
+
+/// Runs `f`, which must throw pl::Error; returns it.
+template <class F>
+Error error_of(F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "no error";
+  return Error(Exit::kOk, "");
+}
+
+dev_t rdev_of(int fd) {
+  struct stat st {};
+  ::fstat(fd, &st);
+  return S_ISCHR(st.st_mode) ? st.st_rdev : 0;
+}
+
+dev_t parse_dev(const std::string& text) {
+  unsigned maj = 0, min = 0;
+  if (std::sscanf(text.c_str(), "%u:%u", &maj, &min) != 2) return 0;
+  return makedev(maj, min);
+}
+
+TEST(Net, MacvtapAppearsOnTheLinkWithTheProfilesMacAndMode) {
+  in_netns([] {
+    auto veth = read_link("pl-veth0");
+    ASSERT_TRUE(veth);
+    TapDevice tap = create_macvtap(macvtap("bridge", "52:54:00:A3:D3:F5"), "pl-demo-0", kWhere);
+    auto got = read_link("pl-demo-0");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->type, "macvtap");
+    EXPECT_EQ(got->lower, veth->ifindex);
+    EXPECT_EQ(got->macvtap_mode, static_cast<uint32_t>(MACVLAN_MODE_BRIDGE));
+    EXPECT_EQ(got->mac, "52:54:00:a3:d3:f5");
+    EXPECT_TRUE(got->flags & IFF_UP);
+    EXPECT_EQ(tap.ifname, "pl-demo-0");
+    EXPECT_EQ(tap.ifindex, got->ifindex);
+    EXPECT_EQ(tap.mac, "52:54:00:a3:d3:f5");
+    // The fd is the macvtap's own character device (checked by number: the
+    // host's /dev/tapN may belong to another namespace), close-on-exec, with
+    // the virtio-net header on.
+    ASSERT_GE(tap.tap_fd, 0);
+    std::string dev = macvtap_dev_number("pl-demo-0", tap.ifindex);
+    ASSERT_FALSE(dev.empty());
+    EXPECT_EQ(rdev_of(tap.tap_fd), parse_dev(dev));
+    EXPECT_TRUE(::fcntl(tap.tap_fd, F_GETFD) & FD_CLOEXEC);
+    ifreq ifr{};
+    ASSERT_EQ(::ioctl(tap.tap_fd, TUNGETIFF, &ifr), 0);
+    EXPECT_TRUE(ifr.ifr_flags & IFF_VNET_HDR);
+    EXPECT_EQ(tap.vhost_fd >= 0, std::filesystem::exists("/dev/vhost-net"));
+    if (tap.vhost_fd >= 0) {
+      EXPECT_TRUE(::fcntl(tap.vhost_fd, F_GETFD) & FD_CLOEXEC);
+    }
+
+    close_fds(tap);
+    EXPECT_EQ(tap.tap_fd, -1);
+    EXPECT_TRUE(delete_link("pl-demo-0"));
+    EXPECT_FALSE(delete_link("pl-demo-0")) << "deleting twice is not an error";
+    EXPECT_EQ(link_names(), kPairOnly);
+  });
+  EXPECT_EQ(::if_nametoindex("pl-demo-0"), 0u) << "nothing in the host's namespace";
+  EXPECT_EQ(::if_nametoindex("pl-veth0"), 0u);
+}
+
+TEST(Net, EveryModeIsSetAsAsked) {
+  in_netns([] {
+    for (auto [mode, want] : {std::pair{"vepa", MACVLAN_MODE_VEPA},
+                              std::pair{"private", MACVLAN_MODE_PRIVATE},
+                              std::pair{"passthru", MACVLAN_MODE_PASSTHRU}}) {
+      TapDevice tap = create_macvtap(macvtap(mode, ""), "pl-m", kWhere);
+      auto got = read_link("pl-m");
+      ASSERT_TRUE(got);
+      EXPECT_EQ(got->macvtap_mode, static_cast<uint32_t>(want)) << mode;
+      EXPECT_EQ(tap.mac, got->mac) << "a random MAC is reported for QEMU's NIC";
+      close_fds(tap);
+      EXPECT_TRUE(delete_link("pl-m"));
+    }
+    EXPECT_EQ(link_names(), kPairOnly);
+  });
+}
+
+// Without /dev/tapN (no udev), a private node is made, opened and unlinked.
+TEST(Net, MissingTapNodeIsMadeAndLeavesNothingInDev) {
+  in_netns([] {
+    test::TempDir dev;
+    TapDevice tap = create_macvtap(macvtap("bridge", "52:54:00:00:00:01"), "pl-t0", kWhere,
+                                   dev.path());
+    ASSERT_GE(tap.tap_fd, 0);
+    EXPECT_EQ(rdev_of(tap.tap_fd), parse_dev(macvtap_dev_number("pl-t0", tap.ifindex)));
+    EXPECT_EQ(tap.vhost_fd, -1) << "no vhost-net under " << dev.path();
+    EXPECT_TRUE(std::filesystem::is_empty(dev.path()));
+    close_fds(tap);
+    EXPECT_TRUE(delete_link("pl-t0"));
+  });
+}
+
+TEST(Net, MissingLinkIsAUsageErrorNamingTheField) {
+  in_netns([] {
+    NetDevice n = macvtap("bridge", "52:54:00:00:00:02");
+    n.link = "pl-nope";
+    Error e = error_of([&] { create_macvtap(n, "pl-t0", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kUsage);
+    EXPECT_STREQ(e.what(), "test.json: /network/0/link: no network interface \"pl-nope\"");
+    EXPECT_EQ(link_names(), kPairOnly);
+  });
+}
+
+TEST(Net, LinkDownIsAnEnvironmentError) {
+  in_netns([] {
+    ASSERT_EQ(test::run_command({"ip", "link", "set", "pl-veth0", "down"}), 0);
+    Error e = error_of([] { create_macvtap(macvtap("bridge", ""), "pl-t0", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kEnvironment);
+    EXPECT_STREQ(e.what(), "test.json: /network/0/link: network interface pl-veth0 is down");
+    EXPECT_EQ(e.hint(), "bring it up: ip link set pl-veth0 up");
+    EXPECT_EQ(link_names(), kPairOnly);
+  });
+}
+
+TEST(Net, LinkThatIsAPassthruLowerIsRefused) {
+  in_netns([] {
+    TapDevice pt = create_macvtap(macvtap("passthru", ""), "pl-pt", kWhere);
+    Error e = error_of([] { create_macvtap(macvtap("bridge", ""), "pl-t0", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kEnvironment);
+    EXPECT_STREQ(e.what(), "test.json: /network/0/link: pl-veth0 is already the lower device of "
+                           "macvtap pl-pt in passthru mode, which takes the link for itself");
+    EXPECT_EQ(link_names(), (std::set<std::string>{"lo", "pl-veth0", "pl-veth1", "pl-pt"}));
+    close_fds(pt);
+    EXPECT_TRUE(delete_link("pl-pt"));
+  });
+}
+
+TEST(Net, PassthruOnALinkThatHasMacvtapsIsRefused) {
+  in_netns([] {
+    TapDevice br = create_macvtap(macvtap("bridge", ""), "pl-br", kWhere);
+    Error e = error_of([] { create_macvtap(macvtap("passthru", ""), "pl-t0", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kEnvironment);
+    EXPECT_STREQ(e.what(), "test.json: /network/0/mode: passthru needs pl-veth0 for itself, but "
+                           "macvtap pl-br is on it");
+    EXPECT_EQ(link_names(), (std::set<std::string>{"lo", "pl-veth0", "pl-veth1", "pl-br"}));
+    close_fds(br);
+    EXPECT_TRUE(delete_link("pl-br"));
+  });
+}
+
+TEST(Net, DuplicateMacIsAUsageError) {
+  in_netns([] {
+    TapDevice first = create_macvtap(macvtap("bridge", "52:54:00:00:00:03"), "pl-a", kWhere);
+    Error e = error_of([] { create_macvtap(macvtap("vepa", "52:54:00:00:00:03"), "pl-b", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kUsage);
+    EXPECT_STREQ(e.what(), "test.json: /network/0/mac: 52:54:00:00:00:03 is already used by "
+                           "macvtap pl-a on pl-veth0");
+    // The link's own address is taken as well.
+    std::string own = read_link("pl-veth0")->mac;
+    e = error_of([&] { create_macvtap(macvtap("bridge", own), "pl-b", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kUsage);
+    EXPECT_EQ(std::string(e.what()), "test.json: /network/0/mac: " + own +
+                                         " is the address of pl-veth0 itself");
+    EXPECT_EQ(link_names(), (std::set<std::string>{"lo", "pl-veth0", "pl-veth1", "pl-a"}));
+    close_fds(first);
+    EXPECT_TRUE(delete_link("pl-a"));
+  });
+}
+
+TEST(Net, ExistingNameIsAHostDirtyErrorAndIsNotDeleted) {
+  in_netns([] {
+    Error e = error_of([] { create_macvtap(macvtap("bridge", ""), "pl-veth1", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kHostDirty);
+    EXPECT_STREQ(e.what(), "network interface pl-veth1 already exists");
+    EXPECT_EQ(link_names(), kPairOnly);
+  });
+}
+
+// After the launcher is killed the macvtap stays (unlike a tap, it does not
+// die with its fds): delete_link, as `passlaunch recover` calls it, removes it.
+TEST(Net, MacvtapLeftByAKilledLauncherIsRemovedByDeleteLink) {
+  in_netns([] {
+    auto [rd, wr] = make_pipe();
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      try {
+        create_macvtap(macvtap("bridge", "52:54:00:00:00:04"), "pl-left", kWhere);
+        (void)!::write(wr, "k", 1);
+      } catch (...) {
+        (void)!::write(wr, "e", 1);
+      }
+      ::pause();
+      ::_exit(0);
+    }
+    ::close(wr);
+    char c = 0;
+    ASSERT_EQ(::read(rd, &c, 1), 1);
+    ::close(rd);
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    ASSERT_EQ(c, 'k');
+    EXPECT_TRUE(read_link("pl-left")) << "the macvtap outlives its creator";
+    EXPECT_TRUE(delete_link("pl-left"));
+    EXPECT_EQ(link_names(), kPairOnly);
+  });
+}
+
+TEST(Net, BridgeTapIsAttachedUpAndGoesWithItsFd) {
+  in_netns([] {
+    ASSERT_EQ(test::run_command({"ip", "link", "add", "pl-bridge", "type", "bridge"}), 0);
+    ASSERT_EQ(test::run_command({"ip", "link", "set", "pl-bridge", "up"}), 0);
+    NetDevice n;
+    n.type = NetDevice::Type::kBridge;
+    n.bridge = "pl-bridge";
+    n.mac = "52:54:00:00:00:05";
+    TapDevice tap = create_bridge_tap(n, "pl-tap0", kWhere);
+    auto got = read_link("pl-tap0");
+    auto bridge = read_link("pl-bridge");
+    ASSERT_TRUE(got && bridge);
+    EXPECT_EQ(got->type, "tun");
+    EXPECT_EQ(got->master, bridge->ifindex);
+    EXPECT_TRUE(got->flags & IFF_UP);
+    EXPECT_EQ(got->mac, "fe:54:00:00:00:05");
+    EXPECT_EQ(tap.mac, "52:54:00:00:00:05");
+    EXPECT_TRUE(::fcntl(tap.tap_fd, F_GETFD) & FD_CLOEXEC);
+    ifreq ifr{};
+    ASSERT_EQ(::ioctl(tap.tap_fd, TUNGETIFF, &ifr), 0);
+    EXPECT_EQ(ifr.ifr_flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
+    close_fds(tap);
+    EXPECT_FALSE(read_link("pl-tap0")) << "a tap that is not persistent goes with its fd";
+    EXPECT_FALSE(delete_link("pl-tap0"));
+
+    n.bridge = "pl-veth0";
+    Error e = error_of([&] { create_bridge_tap(n, "pl-tap0", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kUsage);
+    EXPECT_STREQ(e.what(), "test.json: /network/0/bridge: pl-veth0 is not a bridge (type veth)");
+    n.bridge = "pl-nobridge";
+    e = error_of([&] { create_bridge_tap(n, "pl-tap0", kWhere); });
+    EXPECT_EQ(e.code(), Exit::kUsage);
+    EXPECT_EQ(link_names(), (std::set<std::string>{"lo", "pl-veth0", "pl-veth1", "pl-bridge"}));
+  });
+}
+
+/// An AF_PACKET socket on `ifname` that counts ARP frames sent from `mac`.
+class ArpCounter {
+ public:
+  explicit ArpCounter(const std::string& ifname) {
+    fd_ = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ARP));
+    sockaddr_ll addr{};
+    addr.sll_family = AF_PACKET;
+    addr.sll_protocol = htons(ETH_P_ARP);
+    addr.sll_ifindex = static_cast<int>(::if_nametoindex(ifname.c_str()));
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      ADD_FAILURE() << "AF_PACKET on " << ifname << ": " << std::strerror(errno);
+    }
+  }
+  ~ArpCounter() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  /// Waits until `want` frames from `mac` arrived or `timeout` passed.
+  int count(const unsigned char mac[6], int want, Clock::duration timeout) {
+    auto deadline = Clock::now() + timeout;
+    int n = 0;
+    while (n < want && Clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (::poll(&p, 1, static_cast<int>(std::max<long>(left.count(), 0))) <= 0) continue;
+      unsigned char frame[2048];
+      ssize_t got = ::recv(fd_, frame, sizeof frame, 0);
+      if (got >= 14 && std::memcmp(frame + 6, mac, 6) == 0) ++n;
+    }
+    return n;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+/// Reads serial lines from `fd` until one equals `line` or the deadline.
+bool wait_for_line(int fd, const std::string& line, Clock::duration timeout, std::string& seen) {
+  auto deadline = Clock::now() + timeout;
+  std::string buf;
+  while (Clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (::poll(&p, 1, static_cast<int>(std::max<long>(left.count(), 0))) <= 0) continue;
+    char chunk[4096];
+    ssize_t got = ::read(fd, chunk, sizeof chunk);
+    if (got <= 0) return false;
+    buf.append(chunk, static_cast<size_t>(got));
+    for (size_t nl; (nl = buf.find('\n')) != std::string::npos; buf.erase(0, nl + 1)) {
+      std::string l = buf.substr(0, nl);
+      if (!l.empty() && l.back() == '\r') l.pop_back();
+      seen += l + "\n";
+      if (l == line) return true;
+    }
+  }
+  return false;
+}
+
+// The whole path with real QEMU (TCG) in the namespace: the macvtap's fd is
+// inherited as fd 4, QEMU holds it, the guest's NIC carries the profile's MAC
+// and its frames leave through pl-veth0 and arrive on pl-veth1.
+TEST(NetQemu, GuestFramesLeaveThroughTheMacvtap) {
+  in_netns([] {
+    const std::string mac = "52:54:00:a3:d3:f5";
+    const unsigned char mac_bytes[6] = {0x52, 0x54, 0x00, 0xa3, 0xd3, 0xf5};
+    TapDevice tap = create_macvtap(macvtap("bridge", mac), "pl-demo-0", kWhere);
+    dev_t tap_dev = parse_dev(macvtap_dev_number("pl-demo-0", tap.ifindex));
+    ArpCounter counter("pl-veth1");
+
+    auto [serial_rd, serial_wr] = make_pipe();
+    test::TempDir dir;
+    std::string err_log = dir.path() + "/qemu.stderr";
+    int err_fd = ::open(err_log.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    SpawnSpec spec;
+    spec.argv = {"qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nodefaults",
+                 "-no-user-config", "-display", "none", "-machine", "q35",
+                 "-kernel", test::guest_kernel(), "-initrd", test::guest_initrd("normal"),
+                 "-append", "console=ttyS0 quiet", "-chardev", "stdio,id=s0,signal=off",
+                 "-serial", "chardev:s0", "-netdev", "tap,id=n0,fd=4",
+                 "-device", "virtio-net-pci,netdev=n0,mac=" + mac};
+    if (tap.vhost_fd >= 0) {
+      spec.argv[spec.argv.size() - 3] += ",vhost=on,vhostfd=5";
+      spec.fds.push_back({tap.vhost_fd, 5});
+    }
+    spec.fds.push_back({tap.tap_fd, 4});
+    spec.stdout_fd = serial_wr;
+    spec.stderr_fd = err_fd;
+    spec.death_signal = SIGKILL;
+    Child qemu = spawn_child(spec);
+    ::close(serial_wr);
+    ::close(err_fd);
+    close_fds(tap);  // QEMU holds them now
+
+    struct stat st {};
+    std::string fd4 = "/proc/" + std::to_string(qemu.pid) + "/fd/4";
+    EXPECT_EQ(::stat(fd4.c_str(), &st), 0);
+    EXPECT_EQ(st.st_rdev, tap_dev) << fd4 << " is the macvtap's character device";
+
+    std::string seen;
+    bool nic = wait_for_line(serial_rd, "passlaunch-guest: net eth0 " + mac, 120s, seen);
+    EXPECT_TRUE(nic) << seen;
+    bool ready = nic && wait_for_line(serial_rd, "passlaunch-guest: ready", 120s, seen);
+    EXPECT_TRUE(ready) << seen;
+    uint64_t rx_before = read_link("pl-veth1")->rx_packets;
+    // About one ARP probe a second from the guest; 3 within 60 s leaves room for a slow TCG guest.
+    if (ready) {
+      EXPECT_EQ(counter.count(mac_bytes, 3, 60s), 3);
+    }
+    EXPECT_GE(read_link("pl-veth1")->rx_packets, rx_before + (ready ? 3 : 0));
+
+    // QEMU ends gracefully on SIGTERM; the macvtap stays until it is deleted.
+    ::kill(qemu.pid, SIGTERM);
+    int status = 0;
+    ::waitpid(qemu.pid, &status, 0);
+    ::close(qemu.pidfd);
+    ::close(serial_rd);
+    EXPECT_TRUE(read_link("pl-demo-0"));
+    EXPECT_TRUE(delete_link("pl-demo-0"));
+    EXPECT_EQ(link_names(), kPairOnly);
+  });
+}
+
+}  // namespace
+}  // namespace pl
