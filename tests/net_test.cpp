@@ -3,8 +3,6 @@
 // pair pl-veth0/pl-veth1 inside. The namespace has no name and no mount: it
 // vanishes with the thread and the processes it started, even when a test
 // fails, and nothing is created in the host's namespace.
-#include "net/tap.h"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -35,6 +33,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "net/tap.h"
 #include "run/spawn.h"
 #include "test_util.h"
 
@@ -55,8 +54,8 @@ void in_netns(const std::function<void()>& body) {
         return;
       }
       ASSERT_EQ(test::run_command({"ip", "link", "set", "lo", "up"}), 0);
-      ASSERT_EQ(test::run_command({"ip", "link", "add", "pl-veth0", "type", "veth", "peer", "name",
-                                   "pl-veth1"}),
+      ASSERT_EQ(test::run_command(
+                    {"ip", "link", "add", "pl-veth0", "type", "veth", "peer", "name", "pl-veth1"}),
                 0);
       ASSERT_EQ(test::run_command({"ip", "link", "set", "pl-veth0", "up"}), 0);
       ASSERT_EQ(test::run_command({"ip", "link", "set", "pl-veth1", "up"}), 0);
@@ -189,9 +188,9 @@ TEST(Net, MacvtapAppearsOnTheLinkWithTheProfilesMacAndMode) {
 
 TEST(Net, EveryModeIsSetAsAsked) {
   in_netns([] {
-    for (auto [mode, want] : {std::pair{"vepa", MACVLAN_MODE_VEPA},
-                              std::pair{"private", MACVLAN_MODE_PRIVATE},
-                              std::pair{"passthru", MACVLAN_MODE_PASSTHRU}}) {
+    for (auto [mode, want] :
+         {std::pair{"vepa", MACVLAN_MODE_VEPA}, std::pair{"private", MACVLAN_MODE_PRIVATE},
+          std::pair{"passthru", MACVLAN_MODE_PASSTHRU}}) {
       TapDevice tap = create_macvtap(macvtap(mode, ""), "pl-m", kWhere);
       auto got = read_link("pl-m");
       ASSERT_TRUE(got);
@@ -208,14 +207,51 @@ TEST(Net, EveryModeIsSetAsAsked) {
 TEST(Net, MissingTapNodeIsMadeAndLeavesNothingInDev) {
   in_netns([] {
     test::TempDir dev;
-    TapDevice tap = create_macvtap(macvtap("bridge", "52:54:00:00:00:01"), "pl-t0", kWhere,
-                                   dev.path());
+    TapDevice tap =
+        create_macvtap(macvtap("bridge", "52:54:00:00:00:01"), "pl-t0", kWhere, dev.path());
     ASSERT_GE(tap.tap_fd, 0);
     EXPECT_EQ(rdev_of(tap.tap_fd), parse_dev(macvtap_dev_number("pl-t0", tap.ifindex)));
     EXPECT_EQ(tap.vhost_fd, -1) << "no vhost-net under " << dev.path();
     EXPECT_TRUE(std::filesystem::is_empty(dev.path()));
     close_fds(tap);
     EXPECT_TRUE(delete_link("pl-t0"));
+  });
+}
+
+// ifindexes are per namespace: /dev/tapN can be another namespace's macvtap
+// (here: every tapN is /dev/null's number). It must not be the one opened.
+TEST(Net, TapNodeOfAnotherDeviceIsNotUsed) {
+  in_netns([] {
+    test::TempDir dev;
+    for (int i = 1; i < 64; ++i) {
+      std::string node = dev.path() + "/tap" + std::to_string(i);
+      ASSERT_EQ(::mknod(node.c_str(), S_IFCHR | 0600, makedev(1, 3)), 0) << std::strerror(errno);
+    }
+    TapDevice tap = create_macvtap(macvtap("bridge", ""), "pl-t0", kWhere, dev.path());
+    EXPECT_EQ(rdev_of(tap.tap_fd), parse_dev(macvtap_dev_number("pl-t0", tap.ifindex)));
+    EXPECT_NE(rdev_of(tap.tap_fd), makedev(1, 3));
+    size_t entries = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dev.path()))
+      ++entries;
+    EXPECT_EQ(entries, 63u) << "the private node is gone";
+    close_fds(tap);
+    EXPECT_TRUE(delete_link("pl-t0"));
+  });
+}
+
+// Not a timing test: prints what one create + delete costs, for the record.
+TEST(Net, MeasureCreateAndDelete) {
+  in_netns([] {
+    constexpr int kRounds = 20;
+    auto start = Clock::now();
+    for (int i = 0; i < kRounds; ++i) {
+      TapDevice tap = create_macvtap(macvtap("bridge", ""), "pl-t0", kWhere);
+      close_fds(tap);
+      ASSERT_TRUE(delete_link("pl-t0"));
+    }
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
+    std::printf("[ measure  ] create_macvtap + delete_link: %lld us per round (%d rounds)\n",
+                static_cast<long long>(us / kRounds), kRounds);
   });
 }
 
@@ -246,8 +282,9 @@ TEST(Net, LinkThatIsAPassthruLowerIsRefused) {
     TapDevice pt = create_macvtap(macvtap("passthru", ""), "pl-pt", kWhere);
     Error e = error_of([] { create_macvtap(macvtap("bridge", ""), "pl-t0", kWhere); });
     EXPECT_EQ(e.code(), Exit::kEnvironment);
-    EXPECT_STREQ(e.what(), "test.json: /network/0/link: pl-veth0 is already the lower device of "
-                           "macvtap pl-pt in passthru mode, which takes the link for itself");
+    EXPECT_STREQ(e.what(),
+                 "test.json: /network/0/link: pl-veth0 is already the lower device of "
+                 "macvtap pl-pt in passthru mode, which takes the link for itself");
     EXPECT_EQ(link_names(), (std::set<std::string>{"lo", "pl-veth0", "pl-veth1", "pl-pt"}));
     close_fds(pt);
     EXPECT_TRUE(delete_link("pl-pt"));
@@ -259,8 +296,9 @@ TEST(Net, PassthruOnALinkThatHasMacvtapsIsRefused) {
     TapDevice br = create_macvtap(macvtap("bridge", ""), "pl-br", kWhere);
     Error e = error_of([] { create_macvtap(macvtap("passthru", ""), "pl-t0", kWhere); });
     EXPECT_EQ(e.code(), Exit::kEnvironment);
-    EXPECT_STREQ(e.what(), "test.json: /network/0/mode: passthru needs pl-veth0 for itself, but "
-                           "macvtap pl-br is on it");
+    EXPECT_STREQ(e.what(),
+                 "test.json: /network/0/mode: passthru needs pl-veth0 for itself, but "
+                 "macvtap pl-br is on it");
     EXPECT_EQ(link_names(), (std::set<std::string>{"lo", "pl-veth0", "pl-veth1", "pl-br"}));
     close_fds(br);
     EXPECT_TRUE(delete_link("pl-br"));
@@ -270,16 +308,18 @@ TEST(Net, PassthruOnALinkThatHasMacvtapsIsRefused) {
 TEST(Net, DuplicateMacIsAUsageError) {
   in_netns([] {
     TapDevice first = create_macvtap(macvtap("bridge", "52:54:00:00:00:03"), "pl-a", kWhere);
-    Error e = error_of([] { create_macvtap(macvtap("vepa", "52:54:00:00:00:03"), "pl-b", kWhere); });
+    Error e =
+        error_of([] { create_macvtap(macvtap("vepa", "52:54:00:00:00:03"), "pl-b", kWhere); });
     EXPECT_EQ(e.code(), Exit::kUsage);
-    EXPECT_STREQ(e.what(), "test.json: /network/0/mac: 52:54:00:00:00:03 is already used by "
-                           "macvtap pl-a on pl-veth0");
+    EXPECT_STREQ(e.what(),
+                 "test.json: /network/0/mac: 52:54:00:00:00:03 is already used by "
+                 "macvtap pl-a on pl-veth0");
     // The link's own address is taken as well.
     std::string own = read_link("pl-veth0")->mac;
     e = error_of([&] { create_macvtap(macvtap("bridge", own), "pl-b", kWhere); });
     EXPECT_EQ(e.code(), Exit::kUsage);
-    EXPECT_EQ(std::string(e.what()), "test.json: /network/0/mac: " + own +
-                                         " is the address of pl-veth0 itself");
+    EXPECT_EQ(std::string(e.what()),
+              "test.json: /network/0/mac: " + own + " is the address of pl-veth0 itself");
     EXPECT_EQ(link_names(), (std::set<std::string>{"lo", "pl-veth0", "pl-veth1", "pl-a"}));
     close_fds(first);
     EXPECT_TRUE(delete_link("pl-a"));
@@ -344,7 +384,8 @@ TEST(Net, BridgeTapIsAttachedUpAndGoesWithItsFd) {
     EXPECT_TRUE(::fcntl(tap.tap_fd, F_GETFD) & FD_CLOEXEC);
     ifreq ifr{};
     ASSERT_EQ(::ioctl(tap.tap_fd, TUNGETIFF, &ifr), 0);
-    EXPECT_EQ(ifr.ifr_flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
+    EXPECT_EQ(ifr.ifr_flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR),
+              IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
     close_fds(tap);
     EXPECT_FALSE(read_link("pl-tap0")) << "a tap that is not persistent goes with its fd";
     EXPECT_FALSE(delete_link("pl-tap0"));
@@ -433,12 +474,33 @@ TEST(NetQemu, GuestFramesLeaveThroughTheMacvtap) {
     std::string err_log = dir.path() + "/qemu.stderr";
     int err_fd = ::open(err_log.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     SpawnSpec spec;
-    spec.argv = {"qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nodefaults",
-                 "-no-user-config", "-display", "none", "-machine", "q35",
-                 "-kernel", test::guest_kernel(), "-initrd", test::guest_initrd("normal"),
-                 "-append", "console=ttyS0 quiet", "-chardev", "stdio,id=s0,signal=off",
-                 "-serial", "chardev:s0", "-netdev", "tap,id=n0,fd=4",
-                 "-device", "virtio-net-pci,netdev=n0,mac=" + mac};
+    spec.argv = {"qemu-system-x86_64",
+                 "-accel",
+                 "tcg",
+                 "-cpu",
+                 "max",
+                 "-m",
+                 "256",
+                 "-nodefaults",
+                 "-no-user-config",
+                 "-display",
+                 "none",
+                 "-machine",
+                 "q35",
+                 "-kernel",
+                 test::guest_kernel(),
+                 "-initrd",
+                 test::guest_initrd("normal"),
+                 "-append",
+                 "console=ttyS0 quiet",
+                 "-chardev",
+                 "stdio,id=s0,signal=off",
+                 "-serial",
+                 "chardev:s0",
+                 "-netdev",
+                 "tap,id=n0,fd=4",
+                 "-device",
+                 "virtio-net-pci,netdev=n0,mac=" + mac};
     if (tap.vhost_fd >= 0) {
       spec.argv[spec.argv.size() - 3] += ",vhost=on,vhostfd=5";
       spec.fds.push_back({tap.vhost_fd, 5});

@@ -131,7 +131,8 @@ class FdGuard {
 
 void check_new_name(const Rtnl& rtnl, const std::string& ifname) {
   if (ifname.empty() || ifname.size() >= IFNAMSIZ) {
-    throw Error(Exit::kUsage, "invalid network interface name \"" + ifname + "\" (1-15 characters)");
+    throw Error(Exit::kUsage,
+                "invalid network interface name \"" + ifname + "\" (1-15 characters)");
   }
   if (rtnl.link(ifname)) {
     throw Error(Exit::kHostDirty, "network interface " + ifname + " already exists",
@@ -173,8 +174,8 @@ int open_tap_node(const std::string& dev_root, int ifindex, const std::string& d
   if (fd < 0 && errno != ENOENT && errno != ENXIO && errno != ENODEV) {
     throw system_error(Exit::kEnvironment, "cannot open", path, errno);
   }
-  std::string priv = dev_root + "/.passlaunch-tap" + std::to_string(ifindex) + "-" +
-                     std::to_string(::getpid());
+  std::string priv =
+      dev_root + "/.passlaunch-tap" + std::to_string(ifindex) + "-" + std::to_string(::getpid());
   ::unlink(priv.c_str());
   if (::mknod(priv.c_str(), S_IFCHR | 0600, want) != 0) {
     throw system_error(Exit::kEnvironment, "cannot create the device node", priv, errno,
@@ -231,7 +232,8 @@ std::string macvtap_dev_number(const std::string& ifname, int ifindex) {
   std::thread reader([&] {
     if (::unshare(CLONE_NEWNS) != 0) return;
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return;
-    if (::mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
+    if (::mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) !=
+        0) {
       return;
     }
     mounted = true;
@@ -244,8 +246,8 @@ std::string macvtap_dev_number(const std::string& ifname, int ifindex) {
   return out;
 }
 
-TapDevice create_macvtap(const NetDevice& spec, const std::string& ifname,
-                         const std::string& where, const std::string& dev_root) {
+TapDevice create_macvtap(const NetDevice& spec, const std::string& ifname, const std::string& where,
+                         const std::string& dev_root) {
   Rtnl rtnl;
   // 1. The lower link: present and up.
   LinkPtr lower = rtnl.link(spec.link);
@@ -270,14 +272,15 @@ TapDevice create_macvtap(const NetDevice& spec, const std::string& ifname,
   // link for itself; a MAC may be used once (the kernel's macvlan_addr_busy).
   nl_cache* raw = nullptr;
   if (int e = rtnl_link_alloc_cache(rtnl.get(), AF_UNSPEC, &raw); e < 0) {
-    throw Error(Exit::kEnvironment, std::string("cannot list network interfaces: ") + nl_geterror(e));
+    throw Error(Exit::kEnvironment,
+                std::string("cannot list network interfaces: ") + nl_geterror(e));
   }
   std::unique_ptr<nl_cache, CacheFree> cache(raw);
   int lower_index = rtnl_link_get_ifindex(lower.get());
   bool passthru = mode == MACVLAN_MODE_PASSTHRU;
   if (!want_mac.empty() && !passthru && mac_of(lower.get()) == want_mac) {
-    throw Error(Exit::kUsage, where + "/mac: " + spec.mac + " is the address of " + spec.link +
-                                  " itself");
+    throw Error(Exit::kUsage,
+                where + "/mac: " + spec.mac + " is the address of " + spec.link + " itself");
   }
   for (nl_object* o = nl_cache_get_first(cache.get()); o; o = nl_cache_get_next(o)) {
     auto* l = reinterpret_cast<rtnl_link*>(o);

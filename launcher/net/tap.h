@@ -43,8 +43,8 @@ struct TapDevice {
 /// kEnvironment (link down or busy, kernel refused), kHostDirty (`ifname`
 /// exists already: left over from a run that was killed) — after deleting
 /// whatever it created: nothing is left behind.
-TapDevice create_macvtap(const NetDevice& spec, const std::string& ifname,
-                         const std::string& where, const std::string& dev_root = "/dev");
+TapDevice create_macvtap(const NetDevice& spec, const std::string& ifname, const std::string& where,
+                         const std::string& dev_root = "/dev");
 
 /// Creates a tap named `ifname` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, not
 /// persistent: it vanishes with its last fd), gives it the guest's MAC with
