@@ -326,6 +326,29 @@ TEST(Net, DuplicateMacIsAUsageError) {
   });
 }
 
+size_t open_fds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// A failure after the macvtap exists (here: its device node cannot be made)
+// deletes it and closes everything: nothing is left behind.
+TEST(Net, FailureAfterCreationDeletesTheMacvtap) {
+  in_netns([] {
+    size_t fds = open_fds();
+    Error e = error_of([] {
+      create_macvtap(macvtap("bridge", "52:54:00:00:00:06"), "pl-t0", kWhere, "/nonexistent");
+    });
+    EXPECT_EQ(e.code(), Exit::kEnvironment);
+    EXPECT_NE(std::string(e.what()).find("cannot create the device node /nonexistent/"),
+              std::string::npos)
+        << e.what();
+    EXPECT_EQ(link_names(), kPairOnly);
+    EXPECT_EQ(open_fds(), fds);
+  });
+}
+
 TEST(Net, ExistingNameIsAHostDirtyErrorAndIsNotDeleted) {
   in_netns([] {
     Error e = error_of([] { create_macvtap(macvtap("bridge", ""), "pl-veth1", kWhere); });
