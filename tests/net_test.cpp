@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,13 +28,16 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <optional>
 #include <set>
 #include <thread>
 
 #include "core/error.h"
 #include "net/tap.h"
+#include "profile/argv.h"
 #include "run/spawn.h"
 #include "test_util.h"
 
@@ -481,57 +485,62 @@ bool wait_for_line(int fd, const std::string& line, Clock::duration timeout, std
   return false;
 }
 
-// The whole path with real QEMU (TCG) in the namespace: the macvtap's fd is
-// inherited as fd 4, QEMU holds it, the guest's NIC carries the profile's MAC
-// and its frames leave through pl-veth0 and arrive on pl-veth1.
-TEST(NetQemu, GuestFramesLeaveThroughTheMacvtap) {
-  in_netns([] {
-    const std::string mac = "52:54:00:a3:d3:f5";
+/// Reads one line (up to '\n') from a blocking stream.
+std::string read_line(int fd) {
+  std::string line;
+  char c;
+  while (::read(fd, &c, 1) == 1 && c != '\n') line += c;
+  return line;
+}
+
+std::string file_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The whole path with real QEMU (TCG) in the namespace, from the bundled
+// profile profiles/demo-macvtap.json: build_qemu_argv gets the macvtap's fd as
+// fd 4; QEMU holds /dev/tapN; the guest's NIC carries the profile's MAC; its
+// frames leave through pl-veth0 and arrive on pl-veth1; after the guest's
+// graceful power-off the macvtap remains until delete_link.
+TEST(NetQemu, DemoMacvtapGuestFramesLeaveThroughTheMacvtap) {
+  Profile p = load_profile(std::string(PL_SOURCE_DIR) + "/profiles/demo-macvtap.json",
+                           ProfileChecks{.files = false});
+  p.kernel->kernel = test::guest_kernel();
+  p.kernel->initrd = test::guest_initrd("normal");
+  ASSERT_EQ(p.network.size(), 1u);
+  const NetDevice& net = p.network[0];
+  in_netns([&] {
     const unsigned char mac_bytes[6] = {0x52, 0x54, 0x00, 0xa3, 0xd3, 0xf5};
-    TapDevice tap = create_macvtap(macvtap("bridge", mac), "pl-demo-0", kWhere);
+    ASSERT_EQ(net.mac, "52:54:00:a3:d3:f5");
+    TapDevice tap = create_macvtap(net, "pl-demo-0", p.file + ": /network/0");
     dev_t tap_dev = parse_dev(macvtap_dev_number("pl-demo-0", tap.ifindex));
     ArpCounter counter("pl-veth1");
 
-    auto [serial_rd, serial_wr] = make_pipe();
     test::TempDir dir;
+    HostFacts facts;
+    facts.runtime_dir = dir.path();
+    facts.accel = Accel::kTcg;
+    facts.qmp_fd = 3;
+    facts.net_fds = {{4, tap.vhost_fd >= 0 ? 5 : -1}};
+    SpawnSpec spec;
+    spec.argv = build_qemu_argv(p, facts);
+    // QMP: a listening socket QEMU inherits as fd 3 (the launcher's way).
+    int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::string qmp_path = dir.path() + "/qmp.sock";
+    qmp_path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(listener, 1), 0);
+    spec.fds = {{listener, 3}, {tap.tap_fd, 4}};
+    if (tap.vhost_fd >= 0) spec.fds.push_back({tap.vhost_fd, 5});
+    auto [serial_rd, serial_wr] = make_pipe();
     std::string err_log = dir.path() + "/qemu.stderr";
     int err_fd = ::open(err_log.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    SpawnSpec spec;
-    spec.argv = {"qemu-system-x86_64",
-                 "-accel",
-                 "tcg",
-                 "-cpu",
-                 "max",
-                 "-m",
-                 "256",
-                 "-nodefaults",
-                 "-no-user-config",
-                 "-display",
-                 "none",
-                 "-machine",
-                 "q35",
-                 "-kernel",
-                 test::guest_kernel(),
-                 "-initrd",
-                 test::guest_initrd("normal"),
-                 "-append",
-                 "console=ttyS0 quiet",
-                 "-chardev",
-                 "stdio,id=s0,signal=off",
-                 "-serial",
-                 "chardev:s0",
-                 "-netdev",
-                 "tap,id=n0,fd=4",
-                 "-device",
-                 "virtio-net-pci,netdev=n0,mac=" + mac};
-    if (tap.vhost_fd >= 0) {
-      spec.argv[spec.argv.size() - 3] += ",vhost=on,vhostfd=5";
-      spec.fds.push_back({tap.vhost_fd, 5});
-    }
-    spec.fds.push_back({tap.tap_fd, 4});
     spec.stdout_fd = serial_wr;
     spec.stderr_fd = err_fd;
-    spec.death_signal = SIGKILL;
+    spec.death_signal = SIGKILL;  // also when this thread ends early
     Child qemu = spawn_child(spec);
     ::close(serial_wr);
     ::close(err_fd);
@@ -542,25 +551,40 @@ TEST(NetQemu, GuestFramesLeaveThroughTheMacvtap) {
     EXPECT_EQ(::stat(fd4.c_str(), &st), 0);
     EXPECT_EQ(st.st_rdev, tap_dev) << fd4 << " is the macvtap's character device";
 
+    // The guest starts paused (-S): continue it over QMP.
+    int qmp = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(::connect(qmp, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ::close(listener);
+    EXPECT_NE(read_line(qmp).find("\"QMP\""), std::string::npos) << file_text(err_log);
+    EXPECT_EQ(test::qmp_exchange(qmp, R"({"execute": "qmp_capabilities"})"), R"({"return":{}})");
+    EXPECT_EQ(test::qmp_exchange(qmp, R"({"execute": "cont"})"), R"({"return":{}})");
+
     std::string seen;
-    bool nic = wait_for_line(serial_rd, "passlaunch-guest: net eth0 " + mac, 120s, seen);
-    EXPECT_TRUE(nic) << seen;
+    bool nic = wait_for_line(serial_rd, "passlaunch-guest: net eth0 " + net.mac, 120s, seen);
+    EXPECT_TRUE(nic) << seen << file_text(err_log);
     bool ready = nic && wait_for_line(serial_rd, "passlaunch-guest: ready", 120s, seen);
     EXPECT_TRUE(ready) << seen;
-    uint64_t rx_before = read_link("pl-veth1")->rx_packets;
-    // About one ARP probe a second from the guest; 3 within 60 s leaves room for a slow TCG guest.
+    uint64_t rx_before = read_link("pl-veth1").value().rx_packets;
+    // About one ARP probe a second; 3 within 60 s leaves room for a slow TCG guest.
     if (ready) {
       EXPECT_EQ(counter.count(mac_bytes, 3, 60s), 3);
     }
-    EXPECT_GE(read_link("pl-veth1")->rx_packets, rx_before + (ready ? 3 : 0));
+    EXPECT_GE(read_link("pl-veth1").value().rx_packets, rx_before + (ready ? 3 : 0));
 
-    // QEMU ends gracefully on SIGTERM; the macvtap stays until it is deleted.
-    ::kill(qemu.pid, SIGTERM);
+    // Graceful end: the power button; the guest powers off and QEMU exits 0.
+    EXPECT_EQ(test::qmp_exchange(qmp, R"({"execute": "system_powerdown"})"), R"({"return":{}})");
+    pollfd pfd{qemu.pidfd, POLLIN, 0};
+    if (::poll(&pfd, 1, 120'000) != 1) {
+      ADD_FAILURE() << "QEMU still runs 120 s after system_powerdown";
+      ::kill(qemu.pid, SIGKILL);
+    }
     int status = 0;
     ::waitpid(qemu.pid, &status, 0);
+    EXPECT_EQ(describe_wait_status(status), "exited with status 0") << file_text(err_log);
     ::close(qemu.pidfd);
+    ::close(qmp);
     ::close(serial_rd);
-    EXPECT_TRUE(read_link("pl-demo-0"));
+    EXPECT_TRUE(read_link("pl-demo-0")) << "a macvtap outlives QEMU";
     EXPECT_TRUE(delete_link("pl-demo-0"));
     EXPECT_EQ(link_names(), kPairOnly);
   });
