@@ -143,7 +143,8 @@ TEST_F(RunQemu, QemuKilledIsReportedAsCrash) {
 TEST_F(RunQemu, SecondRunOfSameNameIsRefused) {
   std::string profile = write_profile(guest_profile(name_, "normal"));
   Passlaunch run({"run", profile}, dir_.path());
-  ASSERT_TRUE(run.out().wait_for("guest running")) << run.out().text();
+  // Ready: the guest reacts to the power button at the end of the test.
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   auto [code, out] = passlaunch_cmd({"run", profile}, dir_.path());
   EXPECT_EQ(code, 1) << out;
   EXPECT_NE(out.find("is already running (pid " + std::to_string(run.pid()) + ")"), std::string::npos) << out;
@@ -157,7 +158,7 @@ TEST_F(RunQemu, StaleLockOfADeadLauncherIsCleared) {
   std::ofstream(runtime() + "/lock") << "999999\n";
   std::ofstream(runtime() + "/qmp.sock") << "";
   Passlaunch run({"run", write_profile(guest_profile(name_, "normal"))}, dir_.path());
-  ASSERT_TRUE(run.out().wait_for("guest running")) << run.out().text();
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   ::kill(run.pid(), SIGTERM);
   EXPECT_EQ(run.wait(60s), 0) << run.out().text();
 }
