@@ -234,7 +234,7 @@ class Peer {
     }
     return true;
   }
-  bool send(const json& msg) { return send(msg.dump() + "\r\n"); }
+  bool send_json(const json& msg) { return send(msg.dump() + "\r\n"); }
   /// One byte per send, each consumed by the client before the next is sent
   /// (SIOCOUTQ counts the bytes the receiver has not read yet).
   void send_bytewise(std::string_view bytes) {
@@ -288,16 +288,16 @@ class Peer {
              {{"version", {{"qemu", {{"micro", 0}, {"minor", 2}, {"major", 7}}}, {"package", "fake"}}},
               {"capabilities", json::array({"oob"})}}}};
   }
-  void greet() { send(greeting()); }
+  void greet() { send_json(greeting()); }
   /// Greeting plus the qmp_capabilities exchange.
   void negotiate() {
     greet();
     json cmd = expect("qmp_capabilities");
     reply(cmd, json::object());
   }
-  void reply(const json& cmd, const json& ret) { send(json{{"return", ret}, {"id", cmd["id"]}}); }
+  void reply(const json& cmd, const json& ret) { send_json(json{{"return", ret}, {"id", cmd["id"]}}); }
   void error(const json& cmd, const std::string& cls, const std::string& desc) {
-    send(json{{"error", {{"class", cls}, {"desc", desc}}}, {"id", cmd["id"]}});
+    send_json(json{{"error", {{"class", cls}, {"desc", desc}}}, {"id", cmd["id"]}});
   }
   static json event(const std::string& name, json data = json::object()) {
     return {{"event", name}, {"data", std::move(data)},
