@@ -1,13 +1,13 @@
 // The QMP client against a scripted fake server on a real Unix socket.
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <sys/mman.h>
-#include <set>
+#include <sys/stat.h>
 
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <set>
 
 #include "qmp/client.h"
 #include "qmp_test_util.h"
@@ -275,15 +275,22 @@ TEST(QmpClient, MalformedRepliesFailAtOnce) {
   };
   std::vector<Case> cases = {
       {"not JSON", [](const json&) { return "this is not json\r\n"; }},
-      {"invalid JSON", [](const json& id) { return "{\"return\": {}, \"id\": " + id.dump() + ",}\r\n"; }},
-      {"neither", [](const json& id) { return json{{"id", id}}.dump() + "\r\n"; }},
+      {"invalid JSON",
+       [](const json& id) { return "{\"return\": {}, \"id\": " + id.dump() + ",}\r\n"; }},
+      {"neither",
+       [](const json& id) {
+         return json{{"id", id}}.dump() + "\r\n";
+       }},
       {"both",
        [](const json& id) {
-         return json{{"id", id}, {"return", {}}, {"error", {{"class", "X"}, {"desc", "y"}}}}.dump() +
+         return json{{"id", id}, {"return", {}}, {"error", {{"class", "X"}, {"desc", "y"}}}}
+                    .dump() +
                 "\r\n";
        }},
       {"error without class",
-       [](const json& id) { return json{{"id", id}, {"error", {{"desc", "y"}}}}.dump() + "\r\n"; }},
+       [](const json& id) {
+         return json{{"id", id}, {"error", {{"desc", "y"}}}}.dump() + "\r\n";
+       }},
       {"not an object", [](const json&) { return "[1, 2, 3]\r\n"; }},
       {"second greeting", [](const json&) { return Peer::greeting().dump() + "\r\n"; }},
   };
@@ -545,10 +552,13 @@ TEST(QmpClient, CloseFailsPendingCommands) {
     ops.push_back(c.client().execute("a", nullptr, 60s));
     ops.push_back(c.client().execute("b", nullptr, 60s));
     auto ex = co_await asio::this_coro::executor;
-    asio::co_spawn(ex, [&]() -> awaitable<void> {
-      c.close();
-      co_return;
-    }, asio::detached);
+    asio::co_spawn(
+        ex,
+        [&]() -> awaitable<void> {
+          c.close();
+          co_return;
+        },
+        asio::detached);
     co_return co_await gather(std::move(ops));
   };
   auto results = c.run(body());
@@ -562,10 +572,13 @@ TEST(QmpClient, CloseFailsPendingCommands) {
 
 TEST(QmpClient, ConnectRetriesWhileThePeerIsAliveUntilTheSocketAppears) {
   TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
-    p.negotiate();
-    p.wait_eof();
-  }, /*listen_now=*/false);
+  FakeServer server(
+      dir,
+      [](Peer& p) {
+        p.negotiate();
+        p.wait_eof();
+      },
+      /*listen_now=*/false);
   int asked = 0;
   ConnectOptions o = fake_connect();
   o.peer_alive = [&] {
@@ -639,14 +652,14 @@ TEST(QmpClient, FdPassingSendsTheFdWithTheCommandOneAtATime) {
   TempDir dir;
   int memfd = ::memfd_create("pl-fake-fd", MFD_CLOEXEC);
   ASSERT_GE(memfd, 0);
-  struct stat want{};
+  struct stat want {};
   ::fstat(memfd, &want);
   FakeServer server(dir, [&](Peer& p) {
     p.negotiate();
     json first = p.expect("getfd");
     EXPECT_EQ(first["arguments"]["fdname"], "one");
     ASSERT_EQ(p.fds.size(), 1u);
-    struct stat got{};
+    struct stat got {};
     ::fstat(p.fds.front(), &got);
     EXPECT_EQ(got.st_ino, want.st_ino);
     json plain = p.expect("plain");  // the second getfd must not come before first's reply

@@ -1,8 +1,7 @@
-#include "qmp/framer.h"
-
 #include <gtest/gtest.h>
 
 #include "qmp/error.h"
+#include "qmp/framer.h"
 
 namespace qmp {
 namespace {
@@ -147,9 +146,7 @@ TEST(QmpFramer, MessageOfExactlyTheLimitIsAccepted) {
   expect_protocol_error(g, "larger than");
 }
 
-TEST(QmpFramer, DefaultLimitIs16MiB) {
-  EXPECT_EQ(Framer::kDefaultMaxMessage, 16u * 1024 * 1024);
-}
+TEST(QmpFramer, DefaultLimitIs16MiB) { EXPECT_EQ(Framer::kDefaultMaxMessage, 16u * 1024 * 1024); }
 
 TEST(QmpFramer, DeepNestingIsRejected) {
   Framer f;

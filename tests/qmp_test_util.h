@@ -87,11 +87,13 @@ class Child {
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     int out[2] = {-1, -1}, err[2] = {-1, -1};
     if (pipe_output) {
-      if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+      if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
+        throw std::runtime_error("pipe");
       posix_spawn_file_actions_adddup2(&fa, out[1], 1);
       posix_spawn_file_actions_adddup2(&fa, err[1], 2);
     } else {
-      posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                       0600);
       posix_spawn_file_actions_adddup2(&fa, 1, 2);
     }
     int rc = posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
@@ -181,11 +183,22 @@ class Qemu {
  public:
   explicit Qemu(const TempDir& dir, std::vector<std::string> extra = {})
       : socket(dir.path("qmp.sock")), log(dir.path("qemu.log")) {
-    std::vector<std::string> argv = {"/usr/bin/qemu-system-x86_64", "-S", "-nodefaults",
-                                     "-no-user-config", "-display", "none", "-machine", "q35",
-                                     "-m", "64", "-name", "pltest,debug-threads=on",
-                                     "-object", "iothread,id=io0",
-                                     "-qmp", "unix:" + socket + ",server=on,wait=off"};
+    std::vector<std::string> argv = {"/usr/bin/qemu-system-x86_64",
+                                     "-S",
+                                     "-nodefaults",
+                                     "-no-user-config",
+                                     "-display",
+                                     "none",
+                                     "-machine",
+                                     "q35",
+                                     "-m",
+                                     "64",
+                                     "-name",
+                                     "pltest,debug-threads=on",
+                                     "-object",
+                                     "iothread,id=io0",
+                                     "-qmp",
+                                     "unix:" + socket + ",server=on,wait=off"};
     int kvm = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm >= 0) {
       ::close(kvm);
@@ -280,13 +293,15 @@ class Peer {
   json expect(const std::string& name) {
     auto m = read();
     if (!m) throw std::runtime_error("EOF while expecting " + name);
-    if (m->value("execute", "") != name) throw std::runtime_error("expected " + name + ", got " + m->dump());
+    if (m->value("execute", "") != name)
+      throw std::runtime_error("expected " + name + ", got " + m->dump());
     return *m;
   }
   static json greeting() {
-    return {{"QMP",
-             {{"version", {{"qemu", {{"micro", 0}, {"minor", 2}, {"major", 7}}}, {"package", "fake"}}},
-              {"capabilities", json::array({"oob"})}}}};
+    return {
+        {"QMP",
+         {{"version", {{"qemu", {{"micro", 0}, {"minor", 2}, {"major", 7}}}, {"package", "fake"}}},
+          {"capabilities", json::array({"oob"})}}}};
   }
   void greet() { send_json(greeting()); }
   /// Greeting plus the qmp_capabilities exchange.
@@ -295,12 +310,15 @@ class Peer {
     json cmd = expect("qmp_capabilities");
     reply(cmd, json::object());
   }
-  void reply(const json& cmd, const json& ret) { send_json(json{{"return", ret}, {"id", cmd["id"]}}); }
+  void reply(const json& cmd, const json& ret) {
+    send_json(json{{"return", ret}, {"id", cmd["id"]}});
+  }
   void error(const json& cmd, const std::string& cls, const std::string& desc) {
     send_json(json{{"error", {{"class", cls}, {"desc", desc}}}, {"id", cmd["id"]}});
   }
   static json event(const std::string& name, json data = json::object()) {
-    return {{"event", name}, {"data", std::move(data)},
+    return {{"event", name},
+            {"data", std::move(data)},
             {"timestamp", {{"seconds", 1}, {"microseconds", 2}}}};
   }
   /// Waits for the client to close the connection.
