@@ -635,14 +635,21 @@ TEST(QmpClient, EofBeforeGreetingIsDisconnected) {
 }
 
 TEST(QmpClient, MalformedGreetingIsAProtocolError) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
-    p.send_json(json{{"QMP", {{"version", 7}}}});
-    p.wait_eof();
-  });
-  SyncClient c;
-  EXPECT_EQ(expect_error([&] { c.connect(server.path, fake_connect()); }).kind(),
-            ErrorKind::protocol);
+  for (const json& bad :
+       {json{{"QMP", {{"version", 7}}}},
+        json{{"QMP",
+              {{"version", {{"qemu", {{"major", "seven"}}}}}, {"capabilities", json::array()}}}},
+        json{{"hello", 1}}}) {
+    SCOPED_TRACE(bad.dump());
+    TempDir dir;
+    FakeServer server(dir, [&](Peer& p) {
+      p.send_json(bad);
+      p.wait_eof();
+    });
+    SyncClient c;
+    EXPECT_EQ(expect_error([&] { c.connect(server.path, fake_connect()); }).kind(),
+              ErrorKind::protocol);
+  }
 }
 
 // fd passing: the fd rides on the command's own sendmsg, and a second
