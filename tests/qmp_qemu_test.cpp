@@ -270,7 +270,8 @@ TEST(QmpCli, ProtocolErrorAndTimeoutExitThree) {
       p.expect("query-status");
       p.wait_eof();
     });
-    auto r = passlaunch({"qmp", "--socket", stalled.path, "--timeout", "0.3", "query-status"});
+    // Long enough to negotiate on a loaded machine, short for the stalled reply.
+    auto r = passlaunch({"qmp", "--socket", stalled.path, "--timeout", "2", "query-status"});
     EXPECT_EQ(r.code, 3);
     EXPECT_NE(r.err.find("timed out"), std::string::npos) << r.err;
   }
