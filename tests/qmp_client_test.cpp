@@ -121,6 +121,23 @@ TEST(QmpClient, EventBeforeGreetingIsDeliveredNotFatal) {
   EXPECT_EQ(server.failure(), "");
 }
 
+TEST(QmpClient, BytesAfterTheGreetingInTheSameReadAreKept) {
+  TempDir dir;
+  FakeServer server(dir, [](Peer& p) {
+    p.send(Peer::greeting().dump() + "\r\n" + Peer::event("AFTER").dump() + "\r\n{\"ev");
+    p.send("ent\": \"SPLIT\"}\r\n");
+    p.reply(p.expect("qmp_capabilities"), json::object());
+    p.wait_eof();
+  });
+  SyncClient c;
+  Subscription all = c.client().subscribe();
+  c.connect(server.path, fake_connect());
+  EXPECT_EQ(c.next_event(all, 10s)["event"], "AFTER");
+  EXPECT_EQ(c.next_event(all, 10s)["event"], "SPLIT");
+  c.close();
+  EXPECT_EQ(server.failure(), "");
+}
+
 TEST(QmpClient, NoGreetingMeansBusy) {
   TempDir dir;
   FakeServer server(dir, [](Peer& p) { p.wait_eof(); });
