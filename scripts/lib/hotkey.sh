@@ -15,7 +15,7 @@ pl_profile() {
 # pl_name NAME|PATH -> the VM name (the profile's "name", or the argument)
 pl_name() {
   case "$1" in
-    */*|*.json) sed -n 's/^[[:space:]]*"name"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$1" | head -n 1 ;;
+    */*|*.json) sed -n 's/.*"name"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$1" | head -n 1 ;;
     *) echo "$1" ;;
   esac
 }
