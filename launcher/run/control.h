@@ -14,8 +14,6 @@
 // are discarded when they arrive.
 #pragma once
 
-#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
-
 #include <boost/asio.hpp>
 #include <functional>
 #include <list>
@@ -24,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
 
 #include "qmp/client.h"
 
