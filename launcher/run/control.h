@@ -14,6 +14,10 @@
 // are discarded when they arrive.
 #pragma once
 
+// clang-format off
+#include <utility>  // first: Boost 1.74's awaitable.hpp uses std::exchange without it
+// clang-format on
+
 #include <boost/asio.hpp>
 #include <functional>
 #include <list>
@@ -22,7 +26,6 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
 
 #include "qmp/client.h"
 

@@ -7,6 +7,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+// clang-format off
+#include <utility>  // first: Boost 1.74's awaitable.hpp uses std::exchange without it
+// clang-format on
+
 #include <boost/asio.hpp>
 #include <chrono>
 #include <cstdio>
@@ -16,7 +20,6 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
 
 #include "core/cpulist.h"
 #include "core/error.h"
