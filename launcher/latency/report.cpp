@@ -82,6 +82,7 @@ nlohmann::json to_json(const Report& r) {
           {"mean", round_to(t.delay_mean_us, 0.1)},
           {"intervals", t.intervals}}},
         {"cpu_share", round_to(t.cpu_share, 0.0001)},
+        {"runqueue_wait_share", round_to(t.wait_share, 0.0001)},
         {"timeslices_per_s", round_to(t.timeslices_per_s, 0.1)},
         {"involuntary_switches_per_s",
          t.involuntary_switches_per_s < 0
@@ -116,15 +117,16 @@ nlohmann::json to_json(const Report& r) {
 
 std::string format_table(const Report& r) {
   std::vector<std::vector<std::string>> rows;
-  rows.push_back({"TID", "ROLE", "NAME", "CPUS", "CPU%", "P50us", "P99us", "MAXus", "SLICES/s",
-                  "INVOL/s", "OUTSIDE"});
+  rows.push_back({"TID", "ROLE", "NAME", "CPUS", "CPU%", "WAIT%", "P50us", "P99us", "MAXus",
+                  "SLICES/s", "INVOL/s", "OUTSIDE"});
   for (const ThreadReport& t : r.threads) {
     std::string cpus = t.allowed_cpus;
     if (!t.allowed_cpus_now.empty()) cpus += "->" + t.allowed_cpus_now;
     std::string tid = std::to_string(t.tid) + (t.exited ? "*" : "");
     rows.push_back(
-        {tid, t.role, t.name, cpus, fixed(t.cpu_share * 100, 1), fixed(t.delay_p50_us, 1),
-         fixed(t.delay_p99_us, 1), fixed(t.delay_max_us, 1), fixed(t.timeslices_per_s, 0),
+        {tid, t.role, t.name, cpus, fixed(t.cpu_share * 100, 1), fixed(t.wait_share * 100, 1),
+         fixed(t.delay_p50_us, 1), fixed(t.delay_p99_us, 1), fixed(t.delay_max_us, 1),
+         fixed(t.timeslices_per_s, 0),
          t.involuntary_switches_per_s < 0 ? "-" : fixed(t.involuntary_switches_per_s, 1),
          std::to_string(t.outside_allowed_samples) + "/" + std::to_string(t.cpu_samples)});
   }

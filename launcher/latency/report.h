@@ -27,6 +27,7 @@ struct ThreadReport {
   uint64_t intervals = 0;        ///< intervals with a run-queue delay sample
   double delay_p50_us = 0, delay_p99_us = 0, delay_max_us = 0, delay_mean_us = 0;
   double cpu_share = 0;         ///< run time / wall time while observed (1.0 = one full CPU)
+  double wait_share = 0;        ///< run-queue wait / wall time while observed
   double timeslices_per_s = 0;  ///< times it got a CPU per second
   double involuntary_switches_per_s = -1;  ///< from status; -1 if not observed twice
   uint64_t cpu_samples = 0;                ///< last-CPU samples taken after it ran

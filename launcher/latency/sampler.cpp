@@ -162,7 +162,18 @@ class HostScanner {
         ++s.count;
         return;
       }
-    if (list.size() >= kPerCpu) return;  // bounded: later newcomers are dropped
+    if (list.size() >= kPerCpu) {
+      // Bounded (the Space-Saving algorithm): a newcomer replaces the least
+      // seen task and inherits its count, so frequent tasks are never lost;
+      // a count may overstate by at most the count it inherited.
+      Seen& min = *std::min_element(list.begin(), list.end(),
+                                    [](const Seen& a, const Seen& b) { return a.count < b.count; });
+      min.pid = pid;
+      min.tid = tid;
+      copy_str(min.comm, comm);
+      ++min.count;
+      return;
+    }
     Seen s;
     s.pid = pid;
     s.tid = tid;
@@ -303,7 +314,8 @@ struct Sampler::Impl {
 
   // Progress and results.
   int64_t start_ts = 0, end_ts = 0;
-  uint64_t tick = 0, missed = 0, uring_enters = 0, reads = 0;
+  std::atomic<uint64_t> tick{0};  // read by stats() from other threads
+  uint64_t missed = 0, uring_enters = 0, reads = 0;
   uint64_t untracked = 0;
   bool process_exited = false;
   double cpu_start = 0, cpu_end = 0;
@@ -424,7 +436,7 @@ struct Sampler::Impl {
 
   void prepare(int p) {
     size_t n = 0;
-    bool refresh = status_due || tick % kStatRefreshTicks == 0;
+    bool refresh = status_due || tick.load(std::memory_order_relaxed) % kStatRefreshTicks == 0;
     for (size_t s = 0; s < slots.size(); ++s) {
       Slot& sl = slots[s];
       if (!sl.live) continue;
@@ -631,6 +643,12 @@ struct Sampler::Impl {
     if (rc < 0)
       throw system_error(Exit::kEnvironment, "io_uring_queue_init", "", -rc,
                          "io_uring may be disabled (sysctl kernel.io_uring_disabled)");
+    // io-wq workers run the procfs reads (procfs cannot read without
+    // blocking); keep them on the sampler's own CPUs, not on the CPUs under
+    // observation (by default they may run anywhere).
+    cpu_set_t mine;
+    if (sched_getaffinity(0, sizeof mine, &mine) == 0)
+      io_uring_register_iowq_aff(&ring, sizeof mine, &mine);
     rc = io_uring_register_files_sparse(&ring, static_cast<unsigned>(3 * slots.size()));
     if (rc < 0) {
       io_uring_queue_exit(&ring);
@@ -662,11 +680,11 @@ struct Sampler::Impl {
     int64_t next = start_ts;
     while (!process_exited && !stopping.load(std::memory_order_relaxed)) {
       submit(p);
-      ++tick;
+      tick.fetch_add(1, std::memory_order_relaxed);
       int q = 1 - p;
       if (opt.reader == ReadMethod::kUring) wait_batch(q);
       process(q);
-      if (tick % rescan_ticks == 0 || live == 0) {
+      if (tick.load(std::memory_order_relaxed) % rescan_ticks == 0 || live == 0) {
         if (!rescan()) process_exited = true;
         status_due = true;
       }
@@ -716,7 +734,7 @@ struct Sampler::Impl {
     rep.reader = opt.reader == ReadMethod::kUring ? "io_uring" : "pread";
     rep.duration_s = (end_ts - start_ts) / 1e9;
     rep.interval_ns = opt.interval.count();
-    rep.ticks = tick;
+    rep.ticks = tick.load();
     rep.missed_ticks = missed;
     rep.plot_bucket_ns = bucket_ns;
     rep.host_scan_interval_ns = opt.host_scan_interval.count();
@@ -742,6 +760,7 @@ struct Sampler::Impl {
       double span = (r.last_ts - r.first_ts) / 1e9;
       if (span > 0) {
         t.cpu_share = (r.last_sched.run_ns - r.first_sched.run_ns) / 1e9 / span;
+        t.wait_share = (r.last_sched.wait_ns - r.first_sched.wait_ns) / 1e9 / span;
         t.timeslices_per_s = (r.last_sched.timeslices - r.first_sched.timeslices) / span;
       }
       double sspan = (r.status_last_ts - r.status_first_ts) / 1e9;
@@ -804,7 +823,9 @@ Sampler::~Sampler() = default;
 void Sampler::run() { impl_->run(); }
 void Sampler::stop() { impl_->stopping.store(true); }
 Report Sampler::report() const { return impl_->report(); }
-Sampler::Stats Sampler::stats() const { return {impl_->tick, impl_->uring_enters, impl_->reads}; }
+Sampler::Stats Sampler::stats() const {
+  return {impl_->tick.load(), impl_->uring_enters, impl_->reads};
+}
 
 // ---------------------------------------------------------------------------
 
@@ -812,7 +833,7 @@ struct BackgroundSampler::Impl {
   Sampler sampler;
   std::thread thread;
   std::exception_ptr error;
-  bool stopped = false;
+  std::atomic<bool> finished{false};
   explicit Impl(SamplerOptions o) : sampler(std::move(o)) {}
 };
 
@@ -825,6 +846,7 @@ BackgroundSampler::BackgroundSampler(SamplerOptions options)
     } catch (...) {
       m->error = std::current_exception();
     }
+    m->finished = true;
   });
 }
 
@@ -841,6 +863,9 @@ Report BackgroundSampler::stop() {
   if (impl_->error) std::rethrow_exception(impl_->error);
   return impl_->sampler.report();
 }
+
+uint64_t BackgroundSampler::ticks() const { return impl_->sampler.stats().ticks; }
+bool BackgroundSampler::finished() const { return impl_->finished.load(); }
 
 void BackgroundSampler::stop_and_write(const std::string& path) { write_json_report(stop(), path); }
 

@@ -59,7 +59,8 @@ class Sampler {
   /// The report of what run() saw; call after run() returned.
   Report report() const;
 
-  /// Counters for the benchmark: ticks done and io_uring_enter calls made.
+  /// Counters: ticks done (safe to read while run() runs, e.g. to wait for
+  /// the first ticks), io_uring_enter calls and reads made (after run()).
   struct Stats {
     uint64_t ticks = 0;
     uint64_t uring_enters = 0;
@@ -83,6 +84,10 @@ class BackgroundSampler {
   Report stop();
   /// stop(), then writes the JSON report to `path` (kFailed if it cannot).
   void stop_and_write(const std::string& path);
+  /// Ticks sampled so far.
+  uint64_t ticks() const;
+  /// True once sampling ended by itself (the process exited) or by stop().
+  bool finished() const;
 
  private:
   struct Impl;
