@@ -25,7 +25,7 @@ struct LatencyArgs {
   std::string duration = "10s";
   std::string interval = "1ms";
   std::string rescan = "100ms";
-  std::string host_scan = "200ms";
+  std::string host_scan = "1s";
   std::string reader = "uring";
   bool json = false;
   std::string csv;

@@ -106,6 +106,7 @@ nlohmann::json to_json(const Report& r) {
       {"missed_ticks", r.missed_ticks},
       {"host_scans", r.host_scans},
       {"host_scan_interval_us", r.host_scan_interval_ns / 1000.0},
+      {"host_scan_cpu_share", round_to(r.host_scan_cpu_share, 0.0001)},
       {"untracked_threads", r.untracked_threads},
       {"process_exited", r.process_exited},
       {"sampler_cpu_share", round_to(r.sampler_cpu_share, 0.0001)},

@@ -111,6 +111,11 @@ class HostScanner {
     std::lock_guard lock(mu_);
     return scans_;
   }
+  /// CPU time the scans took, in ns.
+  int64_t cpu_ns() const {
+    std::lock_guard lock(mu_);
+    return cpu_ns_;
+  }
 
   /// The tasks seen on any of `cpus`, excluding `self_tid`, most seen first.
   std::vector<OtherTask> tasks_on(const cpu_set_t& cpus, int self_tid, size_t limit) const {
@@ -147,9 +152,13 @@ class HostScanner {
     std::unique_lock lock(mu_);
     while (!stopping_) {
       lock.unlock();
+      timespec a, b;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
       scan_once();
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
       lock.lock();
       ++scans_;
+      cpu_ns_ += (b.tv_sec - a.tv_sec) * 1'000'000'000LL + (b.tv_nsec - a.tv_nsec);
       cv_.wait_for(lock, interval_, [this] { return stopping_; });
     }
   }
@@ -233,6 +242,7 @@ class HostScanner {
   std::condition_variable cv_;
   bool stopping_ = false;
   uint64_t scans_ = 0;
+  int64_t cpu_ns_ = 0;
   std::vector<std::vector<Seen>> cpus_;
   std::thread thread_;
 };
@@ -739,6 +749,8 @@ struct Sampler::Impl {
     rep.plot_bucket_ns = bucket_ns;
     rep.host_scan_interval_ns = opt.host_scan_interval.count();
     rep.host_scans = scanner ? scanner->scans() : 0;
+    if (scanner && end_ts > start_ts)
+      rep.host_scan_cpu_share = scanner->cpu_ns() / static_cast<double>(end_ts - start_ts);
     rep.untracked_threads = untracked;
     rep.process_exited = process_exited;
     rep.sampler_cpu_share = rep.duration_s > 0 ? (cpu_end - cpu_start) / rep.duration_s : 0;

@@ -29,10 +29,10 @@ enum class ReadMethod { kUring, kPread };
 struct SamplerOptions {
   int pid = 0;
   std::chrono::nanoseconds interval = 1ms;
-  std::chrono::nanoseconds duration = 0ns;              ///< 0: until stop() or the process exits
-  std::chrono::nanoseconds rescan_interval = 100ms;     ///< thread list + status reads
-  std::chrono::nanoseconds host_scan_interval = 200ms;  ///< 0: no host scan
-  size_t host_scan_max_tasks = 4096;                    ///< stat files read per host scan, at most
+  std::chrono::nanoseconds duration = 0ns;           ///< 0: until stop() or the process exits
+  std::chrono::nanoseconds rescan_interval = 100ms;  ///< thread list + status reads
+  std::chrono::nanoseconds host_scan_interval = 1s;  ///< 0: no host scan
+  size_t host_scan_max_tasks = 4096;                 ///< stat files read per host scan, at most
   ReadMethod reader = ReadMethod::kUring;
   size_t max_threads = 256;  ///< threads sampled at once (3 fds each)
   std::string csv_path;      ///< per-tick rows, one per thread and tick; empty: none
