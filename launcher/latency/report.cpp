@@ -170,7 +170,8 @@ std::string format_table(const Report& r) {
       out += "Other tasks seen running on the threads' CPUs (" + std::to_string(r.host_scans) +
              " host scans):\n";
     done.push_back(cpus);
-    std::string line = "  CPUs " + cpus + ":";
+    bool one = cpus.find_first_of(",-") == std::string::npos;
+    std::string line = (one ? "  CPU " : "  CPUs ") + cpus + ":";
     for (const OtherTask& o : t.other_tasks)
       line += " " + o.comm + "[" + std::to_string(o.tid) + "]x" + std::to_string(o.samples);
     out += line + "\n";
@@ -285,9 +286,10 @@ std::string render_svg(const Report& r) {
   double ly = top + 6;
   for (size_t k = 0; k < order.size() && k < kNamed; ++k) {
     const ThreadReport& t = r.threads[order[k]];
-    std::string label = std::to_string(t.tid) + " " + t.role;
-    if (t.role != t.name && t.role.find(t.name) == std::string::npos) label += " (" + t.name + ")";
-    if (label.size() > 30) label = label.substr(0, 29) + "\xE2\x80\xA6";
+    // "vcpu 0 [4711]"; an emulator thread goes by its name: "worker [4712]".
+    std::string label = t.role == "emulator" && !t.name.empty() ? t.name : t.role;
+    if (label.size() > 22) label = label.substr(0, 21) + "\xE2\x80\xA6";
+    label += " [" + std::to_string(t.tid) + "]";
     label += "  max " + fixed(t.delay_max_us, 0) + " \xC2\xB5s";
     std::snprintf(buf, sizeof buf,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
