@@ -581,6 +581,19 @@ TEST(LatencySampler, EndsByItselfWhenTheProcessExits) {
   ASSERT_FALSE(j["threads"].empty());
 }
 
+TEST(LatencySampler, ThreadsBeyondMaxThreadsAreCountedNotSampled) {
+  Workload w({{}, {}, {}, {}});  // 4 sleeping threads + the main one
+  SamplerOptions o = options_for(w.pid());
+  o.max_threads = 2;
+  o.duration = 100ms;
+  o.rescan_interval = 10ms;
+  Sampler s(o);
+  s.run();
+  Report r = s.report();
+  EXPECT_EQ(r.threads.size(), 2u);
+  EXPECT_EQ(r.untracked_threads, 3u);
+}
+
 TEST(LatencySampler, UnknownPidIsAnEnvironmentError) {
   pid_t child = fork();
   if (child == 0) _exit(0);

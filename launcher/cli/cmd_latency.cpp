@@ -1,6 +1,7 @@
 // passlaunch latency NAME|--pid PID: how long each thread of a VM (or any
 // process) waits to run, sampled from procfs through io_uring.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <ctime>
@@ -101,6 +102,12 @@ int run_latency(const LatencyArgs& a) {
     o.pid = a.pid;
   }
 
+  // Three fds per sampled thread: allow as many as the hard limit does.
+  rlimit nofile;
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   latency::Sampler sampler(o);
   sample_until_done(sampler);
   latency::Report report = sampler.report();

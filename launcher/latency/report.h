@@ -50,7 +50,7 @@ struct Report {
   int64_t host_scan_interval_ns = 0;
   uint64_t host_scans = 0;
   double host_scan_cpu_share = 0;  ///< CPU used by the host scans (part of sampler_cpu_share)
-  uint64_t untracked_threads = 0;  ///< threads not sampled: more than max_threads at once
+  uint64_t untracked_threads = 0;  ///< most threads left unsampled at once (over max_threads)
   bool process_exited = false;
   double sampler_cpu_share = 0;  ///< CPU used by the sampler itself (incl. io_uring workers)
   std::vector<ThreadReport> threads;

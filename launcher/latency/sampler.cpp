@@ -362,26 +362,25 @@ struct Sampler::Impl {
     close_slot(s);
   }
 
-  void add_thread(int tid) {
+  // Starts sampling a thread; false if there is no room for it.
+  bool add_thread(int tid) {
     // A thread already sampled and gone (a zombie leader stays listed): skip.
     for (const Record& r : records)
-      if (r.tid == tid && r.exited) return;
+      if (r.tid == tid && r.exited) return true;
     size_t s = 0;
     while (s < slots.size() && slots[s].live) ++s;
-    if (s == slots.size() || records.size() >= max_records) {
-      ++untracked;
-      return;
-    }
+    if (s == slots.size() || records.size() >= max_records) return false;
     Slot& sl = slots[s];
     static const char* kFile[3] = {"schedstat", "stat", "status"};
     for (int k = 0; k < 3; ++k) {
       char path[64];
       std::snprintf(path, sizeof path, "%d/%s", tid, kFile[k]);
       sl.fd[k] = openat(taskdir, path, O_RDONLY | O_CLOEXEC);
-      if (sl.fd[k] < 0) {  // gone already
+      if (sl.fd[k] < 0) {
+        int err = errno;
         for (int& fd : sl.fd)
           if (fd >= 0) close(fd), fd = -1;
-        return;
+        return err != EMFILE && err != ENFILE;  // else: gone already
       }
     }
     Record& r = records.emplace_back();
@@ -410,6 +409,7 @@ struct Sampler::Impl {
     sl.tid = tid;
     sl.record = static_cast<int>(records.size() - 1);
     if (ring_ready) io_uring_register_files_update(&ring, static_cast<unsigned>(3 * s), sl.fd, 3);
+    return true;
   }
 
   // Re-lists /proc/PID/task with getdents64 into a preallocated buffer.
@@ -417,7 +417,7 @@ struct Sampler::Impl {
   bool rescan() {
     for (Slot& sl : slots) sl.seen = false;
     if (lseek(taskdir, 0, SEEK_SET) < 0) return false;
-    size_t found = 0;
+    size_t found = 0, no_room = 0;
     for (;;) {
       long n = syscall(SYS_getdents64, taskdir, dents.data(), dents.size());
       if (n < 0) return false;
@@ -434,11 +434,12 @@ struct Sampler::Impl {
             sl.seen = known = true;
             break;
           }
-        if (!known) add_thread(tid);
+        if (!known && !add_thread(tid)) ++no_room;
       }
     }
     for (size_t s = 0; s < slots.size(); ++s)
       if (slots[s].live && !slots[s].seen) thread_gone(s);
+    untracked = std::max<uint64_t>(untracked, no_room);
     return found > 0 && live > 0;
   }
 
@@ -487,7 +488,14 @@ struct Sampler::Impl {
     outstanding[p] = n;
     // One io_uring_enter: submits this tick's reads and runs the completions
     // of the previous tick (deferred task work), so nothing wakes us meanwhile.
-    io_uring_submit_and_get_events(&ring);
+    // Asking for as many completions as the previous batch still owes makes
+    // the kernel post them all now (with min_complete 0 it posts at most a
+    // few dozen per call); they have had a whole interval to finish.
+    size_t owed = outstanding[1 - p];
+    if (owed > 0)
+      io_uring_submit_and_wait(&ring, static_cast<unsigned>(owed));
+    else
+      io_uring_submit_and_get_events(&ring);
     ++uring_enters;
     harvest();
   }
