@@ -711,6 +711,47 @@ TEST(LatencyCli, SamplesAVmByNameAsJsonCsvAndPlot) {
   EXPECT_NE(text.find("vcpu 0"), std::string::npos);
 }
 
+TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
+  Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"}});
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  std::string pid = std::to_string(w.pid());
+  pid_t cli = fork();
+  if (cli == 0) {
+    dup2(out[1], 1);
+    execl(PL_PASSLAUNCH, PL_PASSLAUNCH, "latency", "--pid", pid.c_str(), "--duration", "10m",
+          "--json", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  // SIGINT is taken by a waiter thread, started before sampling begins:
+  // once a second thread exists, the interrupt stops the sampler.
+  std::string task = "/proc/" + std::to_string(cli) + "/task";
+  wait_for(
+      [&] {
+        size_t n = 0;
+        std::error_code ec;
+        for (auto it = fs::directory_iterator(task, ec); !ec && it != fs::directory_iterator{};
+             ++it)
+          ++n;
+        return n >= 2;
+      },
+      "the sampler to start");
+  kill(cli, SIGINT);
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int status = 0;
+  waitpid(cli, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by the interrupt instead of stopping";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  nlohmann::json j = nlohmann::json::parse(text);
+  EXPECT_LT(j["duration_s"].get<double>(), 300);
+  EXPECT_FALSE(j["threads"].empty());
+}
+
 TEST(LatencyCli, TableIsTheDefault) {
   Workload w({{Workload::Kind::kSleep, -1, 0, "CPU 0/KVM"}});
   CliRun r = passlaunch("latency --pid " + std::to_string(w.pid()) + " --duration 200ms");
