@@ -52,7 +52,7 @@ struct Report {
   double host_scan_cpu_share = 0;  ///< CPU used by the host scans (part of sampler_cpu_share)
   uint64_t untracked_threads = 0;  ///< most threads left unsampled at once (over max_threads)
   bool process_exited = false;
-  double sampler_cpu_share = 0;  ///< CPU used by the sampler itself (incl. io_uring workers)
+  double sampler_cpu_share = 0;  ///< CPU of the whole sampling process (incl. io-wq workers)
   std::vector<ThreadReport> threads;
 };
 
