@@ -752,6 +752,59 @@ TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
   EXPECT_FALSE(j["threads"].empty());
 }
 
+// Real QEMU (TCG, paused): its debug-threads names give the roles.
+TEST(LatencyCli, QemuThreadsGetTheirRolesByVmName) {
+  std::string qemu = "/usr/bin/qemu-system-x86_64";
+  if (!fs::exists(qemu)) GTEST_SKIP() << "qemu-system-x86_64 is not installed";
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, 0);
+    dup2(null, 1);
+    execl(qemu.c_str(), qemu.c_str(), "-name", "lat,debug-threads=on", "-S", "-accel", "tcg",
+          "-smp", "2", "-m", "64", "-nodefaults", "-display", "none", "-object",
+          "iothread,id=iothread0", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  } reap{pid};
+  // QEMU names its vCPU threads once the machine is built.
+  std::string task = "/proc/" + std::to_string(pid) + "/task";
+  wait_for(
+      [&] {
+        int vcpus = 0;
+        std::error_code ec;
+        for (auto it = fs::directory_iterator(task, ec); !ec && it != fs::directory_iterator{};
+             ++it) {
+          std::ifstream comm(it->path() / "comm");
+          std::string name;
+          std::getline(comm, name);
+          vcpus += name.rfind("CPU ", 0) == 0;
+        }
+        return vcpus == 2;
+      },
+      "QEMU's vCPU threads");
+  std::string runtime = testing::TempDir() + "/latency_rt_qemu";
+  fs::create_directories(runtime + "/passlaunch/lat");
+  std::ofstream(runtime + "/passlaunch/lat/qemu.pid") << pid << "\n";
+  CliRun r = passlaunch("latency lat --duration 300ms --interval 2ms --json",
+                        "XDG_RUNTIME_DIR=" + shell_quote(runtime));
+  ASSERT_EQ(r.code, 0) << r.out;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  std::map<std::string, std::string> role_of;  // name -> role
+  for (const auto& t : j["threads"]) role_of[t["name"]] = t["role"];
+  EXPECT_EQ(role_of["CPU 0/TCG"], "vcpu 0") << j.dump();
+  EXPECT_EQ(role_of["CPU 1/TCG"], "vcpu 1") << j.dump();
+  EXPECT_EQ(role_of["IO iothread0"], "iothread iothread0") << j.dump();
+  EXPECT_EQ(role_of["qemu-system-x86"], "emulator") << j.dump();
+}
+
 TEST(LatencyCli, TableIsTheDefault) {
   Workload w({{Workload::Kind::kSleep, -1, 0, "CPU 0/KVM"}});
   CliRun r = passlaunch("latency --pid " + std::to_string(w.pid()) + " --duration 200ms");
