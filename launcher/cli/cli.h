@@ -15,5 +15,6 @@ void add_run_commands(CLI::App& app, Action& action);      // run
 void add_qmp_command(CLI::App& app, Action& action);       // qmp
 void add_rom_commands(CLI::App& app, Action& action);      // rom inspect|patch
 void add_ctl_commands(CLI::App& app, Action& action);      // list, ctl
+void add_latency_commands(CLI::App& app, Action& action);  // latency
 
 }  // namespace pl::cli

@@ -1,0 +1,158 @@
+// passlaunch latency NAME|--pid PID: how long each thread of a VM (or any
+// process) waits to run, sampled from procfs through io_uring.
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <atomic>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include "cli/cli.h"
+#include "core/error.h"
+#include "latency/procfs.h"
+#include "latency/report.h"
+#include "latency/sampler.h"
+
+namespace pl::cli {
+
+namespace {
+
+struct LatencyArgs {
+  std::string name;
+  int pid = 0;
+  std::string duration = "10s";
+  std::string interval = "1ms";
+  std::string rescan = "100ms";
+  std::string host_scan = "1s";
+  std::string reader = "uring";
+  bool json = false;
+  std::string csv;
+  std::string plot;
+  size_t max_threads = 256;
+};
+
+std::chrono::nanoseconds duration_arg(const std::string& option, const std::string& text,
+                                      bool allow_zero = false) {
+  if (allow_zero && (text == "0" || text == "off")) return std::chrono::nanoseconds(0);
+  auto d = latency::parse_duration(text);
+  if (!d)
+    throw Error(Exit::kUsage, "latency: " + option + " '" + text + "' is not a duration",
+                "expected a number with a unit: ns, us, ms, s, m or h (e.g. 10s, 1ms)");
+  return *d;
+}
+
+// Runs the sampler on this thread; SIGINT/SIGTERM stop it early (the report
+// still prints). The signals are blocked and taken by a waiter thread.
+void sample_until_done(latency::Sampler& sampler) {
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, &old);
+  std::atomic<bool> done{false};
+  std::thread waiter([&] {
+    timespec tick{0, 100'000'000};
+    while (!done.load()) {
+      if (sigtimedwait(&set, nullptr, &tick) > 0) sampler.stop();
+    }
+  });
+  try {
+    sampler.run();
+  } catch (...) {
+    done = true;
+    waiter.join();
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw;
+  }
+  done = true;
+  waiter.join();
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+int run_latency(const LatencyArgs& a) {
+  if (a.name.empty() == (a.pid == 0))
+    throw Error(Exit::kUsage, "latency: give a VM NAME or --pid PID (exactly one)");
+  latency::SamplerOptions o;
+  o.duration = duration_arg("--duration", a.duration);
+  o.interval = duration_arg("--interval", a.interval);
+  o.rescan_interval = duration_arg("--rescan", a.rescan);
+  o.host_scan_interval = duration_arg("--host-scan", a.host_scan, true);
+  if (a.reader == "uring")
+    o.reader = latency::ReadMethod::kUring;
+  else if (a.reader == "pread")
+    o.reader = latency::ReadMethod::kPread;
+  else
+    throw Error(Exit::kUsage, "latency: --reader '" + a.reader + "': expected uring or pread");
+  if (o.interval > o.duration)
+    throw Error(Exit::kUsage,
+                "latency: --interval " + a.interval + " is longer than --duration " + a.duration);
+  o.max_threads = a.max_threads;
+  o.csv_path = a.csv;
+  if (!a.plot.empty()) {
+    std::ofstream probe(a.plot, std::ios::app);  // fail now, not after sampling
+    if (!probe) throw system_error(Exit::kUsage, "latency: cannot write --plot", a.plot, errno);
+  }
+  if (!a.name.empty()) {
+    o.pid = latency::find_vm_pid(a.name);
+    o.vm = a.name;
+  } else {
+    o.pid = a.pid;
+  }
+
+  // Three fds per sampled thread: allow as many as the hard limit does.
+  rlimit nofile;
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  latency::Sampler sampler(o);
+  sample_until_done(sampler);
+  latency::Report report = sampler.report();
+
+  if (!a.plot.empty()) {
+    std::ofstream out(a.plot, std::ios::trunc);
+    out << latency::render_svg(report);
+    if (!out.flush())
+      throw system_error(Exit::kFailed, "latency: cannot write --plot", a.plot, errno);
+  }
+  if (a.json)
+    std::cout << latency::to_json(report).dump(2) << "\n";
+  else
+    std::cout << latency::format_table(report);
+  return 0;
+}
+
+}  // namespace
+
+void add_latency_commands(CLI::App& app, Action& action) {
+  auto args = std::make_shared<LatencyArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "latency",
+      "Show how long each thread of a VM (or --pid) waits to run, and who got in its way");
+  cmd->add_option("NAME", args->name, "VM name (its QEMU pid comes from the runtime dir)");
+  cmd->add_option("--pid", args->pid, "Sample this process instead of a VM")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--duration", args->duration, "How long to sample (e.g. 10s, 2m)")
+      ->capture_default_str();
+  cmd->add_option("--interval", args->interval, "Sampling interval (e.g. 1ms, 500us)")
+      ->capture_default_str();
+  cmd->add_flag("--json", args->json, "Print the report as JSON");
+  cmd->add_option("--csv", args->csv, "Write one row per thread and tick to FILE");
+  cmd->add_option("--plot", args->plot, "Write an SVG of run-queue delay over time to FILE");
+  cmd->add_option("--reader", args->reader, "How ticks read procfs: uring or pread")
+      ->capture_default_str();
+  cmd->add_option("--rescan", args->rescan, "Re-list threads and read their status this often")
+      ->capture_default_str();
+  cmd->add_option("--host-scan", args->host_scan,
+                  "Scan /proc for other tasks on the CPUs this often (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--max-threads", args->max_threads, "Threads sampled at once")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->callback([args, &action] { action = [args] { return run_latency(*args); }; });
+}
+
+}  // namespace pl::cli

@@ -1,0 +1,927 @@
+#include "latency/sampler.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <exception>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/cpulist.h"
+#include "core/error.h"
+#include "latency/histogram.h"
+#include "latency/procfs.h"
+#include "latency/role.h"
+
+namespace pl::latency {
+
+namespace {
+
+int64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+void sleep_until_ns(int64_t t) {
+  timespec ts{static_cast<time_t>(t / 1'000'000'000), static_cast<long>(t % 1'000'000'000)};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+  }
+}
+
+double process_cpu_s() {
+  rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+// Reads a small file relative to a directory fd into `buf`; returns the bytes
+// read or -errno. Used outside the tick (discovery, host scan).
+ssize_t read_at(int dirfd, const char* path, char* buf, size_t len) {
+  int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  ssize_t n = read(fd, buf, len);
+  int err = errno;
+  close(fd);
+  return n < 0 ? -err : n;
+}
+
+template <size_t N>
+void copy_str(char (&dst)[N], std::string_view src) {
+  size_t n = std::min(N - 1, src.size());
+  std::memcpy(dst, src.data(), n);
+  dst[n] = '\0';
+}
+
+bool is_number(const char* s) {
+  if (!*s) return false;
+  for (; *s; ++s)
+    if (*s < '0' || *s > '9') return false;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Host scan: which tasks ran on which CPU. Runs on its own thread at a slow
+// cadence; bounded by max_tasks stat reads per scan and kPerCpu tasks per CPU.
+
+class HostScanner {
+ public:
+  static constexpr size_t kPerCpu = 32;
+
+  HostScanner(std::string proc_root, std::chrono::nanoseconds interval, size_t max_tasks)
+      : proc_root_(std::move(proc_root)), interval_(interval), max_tasks_(max_tasks) {
+    long n = sysconf(_SC_NPROCESSORS_CONF);
+    cpus_.resize(static_cast<size_t>(std::max<long>(n, 1)));
+  }
+  ~HostScanner() { stop(); }
+
+  void start() {
+    if (interval_.count() <= 0) return;
+    thread_ = std::thread([this] { loop(); });
+  }
+  void stop() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  uint64_t scans() const {
+    std::lock_guard lock(mu_);
+    return scans_;
+  }
+  /// CPU time the scans took, in ns.
+  int64_t cpu_ns() const {
+    std::lock_guard lock(mu_);
+    return cpu_ns_;
+  }
+
+  /// The tasks seen on any of `cpus`, excluding `self_tid`, most seen first.
+  std::vector<OtherTask> tasks_on(const cpu_set_t& cpus, int self_tid, size_t limit) const {
+    std::lock_guard lock(mu_);
+    std::map<int, OtherTask> merged;
+    for (size_t c = 0; c < cpus_.size() && c < CPU_SETSIZE; ++c) {
+      if (!CPU_ISSET(c, &cpus)) continue;
+      for (const Seen& s : cpus_[c]) {
+        if (s.tid == self_tid) continue;
+        OtherTask& o = merged[s.tid];
+        o.pid = s.pid;
+        o.tid = s.tid;
+        o.comm = s.comm;
+        o.samples += s.count;
+      }
+    }
+    std::vector<OtherTask> out;
+    for (auto& [tid, o] : merged) out.push_back(o);
+    std::stable_sort(out.begin(), out.end(),
+                     [](const OtherTask& a, const OtherTask& b) { return a.samples > b.samples; });
+    if (out.size() > limit) out.resize(limit);
+    return out;
+  }
+
+ private:
+  struct Seen {
+    int pid = 0;
+    int tid = 0;
+    char comm[32] = {};
+    uint64_t count = 0;
+  };
+
+  void loop() {
+    std::unique_lock lock(mu_);
+    while (!stopping_) {
+      lock.unlock();
+      timespec a, b;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+      scan_once();
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+      lock.lock();
+      ++scans_;
+      cpu_ns_ += (b.tv_sec - a.tv_sec) * 1'000'000'000LL + (b.tv_nsec - a.tv_nsec);
+      cv_.wait_for(lock, interval_, [this] { return stopping_; });
+    }
+  }
+
+  void note(int cpu, int pid, int tid, std::string_view comm) {
+    if (cpu < 0 || static_cast<size_t>(cpu) >= cpus_.size()) return;
+    auto& list = cpus_[cpu];
+    for (Seen& s : list)
+      if (s.tid == tid) {
+        ++s.count;
+        return;
+      }
+    if (list.size() >= kPerCpu) {
+      // Bounded (the Space-Saving algorithm): a newcomer replaces the least
+      // seen task and inherits its count, so frequent tasks are never lost;
+      // a count may overstate by at most the count it inherited.
+      Seen& min = *std::min_element(list.begin(), list.end(),
+                                    [](const Seen& a, const Seen& b) { return a.count < b.count; });
+      min.pid = pid;
+      min.tid = tid;
+      copy_str(min.comm, comm);
+      ++min.count;
+      return;
+    }
+    Seen s;
+    s.pid = pid;
+    s.tid = tid;
+    copy_str(s.comm, comm);
+    s.count = 1;
+    list.push_back(s);
+  }
+
+  void scan_once() {
+    DIR* proc = opendir(proc_root_.c_str());
+    if (!proc) return;
+    std::unordered_map<int, uint64_t> now;
+    now.reserve(prev_.size() + 64);
+    size_t budget = max_tasks_;
+    char buf[1024];
+    std::vector<std::tuple<int, int, int, std::string>> seen;  // cpu, pid, tid, comm
+    while (dirent* pe = readdir(proc)) {
+      if (!is_number(pe->d_name) || budget == 0) continue;
+      int pid = std::atoi(pe->d_name);
+      std::string task_path = proc_root_ + "/" + pe->d_name + "/task";
+      int taskfd = open(task_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (taskfd < 0) continue;
+      DIR* tasks = fdopendir(taskfd);
+      if (!tasks) {
+        close(taskfd);
+        continue;
+      }
+      while (dirent* te = readdir(tasks)) {
+        if (!is_number(te->d_name) || budget == 0) continue;
+        --budget;
+        char path[sizeof te->d_name + 8];
+        std::snprintf(path, sizeof path, "%s/stat", te->d_name);
+        ssize_t n = read_at(dirfd(tasks), path, buf, sizeof buf - 1);
+        if (n <= 0) continue;
+        auto st = parse_task_stat(std::string_view(buf, static_cast<size_t>(n)));
+        if (!st) continue;
+        int tid = std::atoi(te->d_name);
+        now[tid] = st->cpu_ticks;
+        auto it = prev_.find(tid);
+        bool used_cpu = it != prev_.end() && it->second != st->cpu_ticks;
+        if (st->state == 'R' || used_cpu)
+          seen.emplace_back(st->processor, pid, tid, std::string(st->comm));
+      }
+      closedir(tasks);
+    }
+    closedir(proc);
+    prev_ = std::move(now);
+    std::lock_guard lock(mu_);
+    for (auto& [cpu, pid, tid, comm] : seen) note(cpu, pid, tid, comm);
+  }
+
+  std::string proc_root_;
+  std::chrono::nanoseconds interval_;
+  size_t max_tasks_;
+  std::unordered_map<int, uint64_t> prev_;  // tid -> utime+stime at the last scan
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  uint64_t scans_ = 0;
+  int64_t cpu_ns_ = 0;
+  std::vector<std::vector<Seen>> cpus_;
+  std::thread thread_;
+};
+
+// The three files read per thread, and their buffer sizes.
+enum Kind : uint8_t { kSched = 0, kStat = 1, kStatus = 2 };
+constexpr size_t kBufSize[3] = {128, 1024, 4096};
+constexpr size_t kBufOffset[3] = {0, 128, 128 + 1024};
+constexpr size_t kSlotBytes = 128 + 1024 + 4096;
+constexpr size_t kPlotPoints = 720;
+constexpr uint64_t kStatRefreshTicks = 64;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+struct Sampler::Impl {
+  // One per thread ever sampled; kept after the thread exits.
+  struct Record {
+    int tid = 0;
+    char name[32] = {};
+    char role[48] = {};
+    cpu_set_t allowed{};
+    char allowed_list[256] = {};
+    char allowed_now[256] = {};
+    bool have_sched = false;
+    Schedstat first_sched, last_sched;
+    int64_t first_ts = 0, last_ts = 0;
+    bool have_status = false;
+    uint64_t nvcsw_first = 0, nvcsw_last = 0;
+    int64_t status_first_ts = 0, status_last_ts = 0;
+    Histogram delay;
+    uint64_t delay_sum_ns = 0;
+    uint64_t cpu_samples = 0, outside = 0;
+    int last_cpu = -1;
+    bool ran_since_stat = false;  // ran since its last stat read: read it next tick
+    bool exited = false;
+    float series[kPlotPoints];
+  };
+  // A live thread: its record, its three fds (fixed-file indices 3*slot+kind).
+  struct Slot {
+    bool live = false;
+    bool seen = false;
+    int tid = 0;
+    int record = -1;
+    uint16_t gen = 0;
+    int fd[3] = {-1, -1, -1};
+  };
+  // One read of one tick's batch.
+  struct Entry {
+    uint16_t slot;
+    uint16_t gen;
+    uint8_t kind;
+    bool counted;  // a stat read after the thread ran: counts as a CPU sample
+    int32_t res;
+  };
+
+  SamplerOptions opt;
+  int taskdir = -1;
+  int csv_fd = -1;
+  std::atomic<bool> stopping{false};
+  bool ran = false;
+
+  io_uring ring{};
+  bool ring_ready = false;
+  std::vector<Slot> slots;
+  size_t live = 0;              // live slots
+  std::vector<Record> records;  // reserved up front: emplace_back never reallocates
+  size_t max_records = 0;
+  std::vector<char> buffers;  // [parity][slot][kind]
+  std::vector<Entry> entries[2];
+  size_t entry_count[2] = {0, 0};
+  size_t outstanding[2] = {0, 0};
+  int64_t batch_ts[2] = {0, 0};
+  bool batch_valid[2] = {false, false};
+  std::vector<char> dents;
+  std::vector<char> csv_buf;
+  size_t csv_len = 0;
+
+  // Progress and results.
+  int64_t start_ts = 0, end_ts = 0;
+  std::atomic<uint64_t> tick{0};  // read by stats() from other threads
+  uint64_t missed = 0, uring_enters = 0, reads = 0;
+  uint64_t untracked = 0;
+  bool process_exited = false;
+  double cpu_start = 0, cpu_end = 0;
+  int64_t bucket_ns = 0;
+  bool status_due = true;
+  std::unique_ptr<HostScanner> scanner;
+
+  char* buf(int parity, size_t slot, int kind) {
+    return buffers.data() + (static_cast<size_t>(parity) * slots.size() + slot) * kSlotBytes +
+           kBufOffset[kind];
+  }
+
+  // --- threads --------------------------------------------------------------
+
+  void close_slot(size_t s) {
+    Slot& sl = slots[s];
+    if (ring_ready) {
+      int none[3] = {-1, -1, -1};
+      io_uring_register_files_update(&ring, static_cast<unsigned>(3 * s), none, 3);
+    }
+    for (int& fd : sl.fd)
+      if (fd >= 0) {
+        close(fd);
+        fd = -1;
+      }
+    sl.live = false;
+    --live;
+    ++sl.gen;  // reads of this slot still in flight are ignored when they land
+  }
+
+  void thread_gone(size_t s) {
+    if (!slots[s].live) return;
+    records[slots[s].record].exited = true;
+    close_slot(s);
+  }
+
+  // Starts sampling a thread; false if there is no room for it.
+  bool add_thread(int tid) {
+    // A thread already sampled and gone (a zombie leader stays listed): skip.
+    for (const Record& r : records)
+      if (r.tid == tid && r.exited) return true;
+    size_t s = 0;
+    while (s < slots.size() && slots[s].live) ++s;
+    if (s == slots.size() || records.size() >= max_records) return false;
+    Slot& sl = slots[s];
+    static const char* kFile[3] = {"schedstat", "stat", "status"};
+    for (int k = 0; k < 3; ++k) {
+      char path[64];
+      std::snprintf(path, sizeof path, "%d/%s", tid, kFile[k]);
+      sl.fd[k] = openat(taskdir, path, O_RDONLY | O_CLOEXEC);
+      if (sl.fd[k] < 0) {
+        int err = errno;
+        for (int& fd : sl.fd)
+          if (fd >= 0) close(fd), fd = -1;
+        return err != EMFILE && err != ENFILE;  // else: gone already
+      }
+    }
+    Record& r = records.emplace_back();
+    r.tid = tid;
+    std::fill(std::begin(r.series), std::end(r.series), NAN);
+    char comm[64];
+    char path[64];
+    std::snprintf(path, sizeof path, "%d/comm", tid);
+    ssize_t n = read_at(taskdir, path, comm, sizeof comm - 1);
+    std::string_view name = n > 0 ? std::string_view(comm, static_cast<size_t>(n)) : "";
+    if (!name.empty() && name.back() == '\n') name.remove_suffix(1);
+    copy_str(r.name, name);
+    copy_str(r.role, to_string(classify_thread(r.name)));
+    CPU_ZERO(&r.allowed);
+    if (sched_getaffinity(tid, sizeof r.allowed, &r.allowed) == 0) {
+      std::vector<int> cpus;
+      for (int c = 0; c < CPU_SETSIZE; ++c)
+        if (CPU_ISSET(c, &r.allowed)) cpus.push_back(c);
+      copy_str(r.allowed_list, format_cpulist(cpus));
+    } else {
+      for (int c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &r.allowed);
+    }
+    sl.live = true;
+    ++live;
+    sl.seen = true;
+    sl.tid = tid;
+    sl.record = static_cast<int>(records.size() - 1);
+    if (ring_ready) io_uring_register_files_update(&ring, static_cast<unsigned>(3 * s), sl.fd, 3);
+    return true;
+  }
+
+  // Re-lists /proc/PID/task with getdents64 into a preallocated buffer.
+  // Returns false when the process is gone.
+  bool rescan() {
+    for (Slot& sl : slots) sl.seen = false;
+    if (lseek(taskdir, 0, SEEK_SET) < 0) return false;
+    size_t found = 0, no_room = 0;
+    for (;;) {
+      long n = syscall(SYS_getdents64, taskdir, dents.data(), dents.size());
+      if (n < 0) return false;
+      if (n == 0) break;
+      for (long off = 0; off < n;) {
+        auto* d = reinterpret_cast<dirent64*>(dents.data() + off);
+        off += d->d_reclen;
+        if (!is_number(d->d_name)) continue;
+        ++found;
+        int tid = std::atoi(d->d_name);
+        bool known = false;
+        for (Slot& sl : slots)
+          if (sl.live && sl.tid == tid) {
+            sl.seen = known = true;
+            break;
+          }
+        if (!known && !add_thread(tid)) ++no_room;
+      }
+    }
+    for (size_t s = 0; s < slots.size(); ++s)
+      if (slots[s].live && !slots[s].seen) thread_gone(s);
+    untracked = std::max<uint64_t>(untracked, no_room);
+    return found > 0 && live > 0;
+  }
+
+  // --- one tick ---------------------------------------------------------------
+
+  void prepare(int p) {
+    size_t n = 0;
+    bool refresh = status_due || tick.load(std::memory_order_relaxed) % kStatRefreshTicks == 0;
+    for (size_t s = 0; s < slots.size(); ++s) {
+      Slot& sl = slots[s];
+      if (!sl.live) continue;
+      Record& r = records[sl.record];
+      entries[p][n++] = {static_cast<uint16_t>(s), sl.gen, kSched, false, 0};
+      if (r.ran_since_stat || refresh) {
+        entries[p][n++] = {static_cast<uint16_t>(s), sl.gen, kStat, r.ran_since_stat, 0};
+        r.ran_since_stat = false;
+      }
+      if (status_due) entries[p][n++] = {static_cast<uint16_t>(s), sl.gen, kStatus, false, 0};
+    }
+    status_due = false;
+    entry_count[p] = n;
+  }
+
+  void submit(int p) {
+    batch_ts[p] = now_ns();
+    batch_valid[p] = true;
+    size_t n = entry_count[p];
+    reads += n;
+    if (opt.reader == ReadMethod::kPread) {
+      for (size_t i = 0; i < n; ++i) {
+        Entry& e = entries[p][i];
+        ssize_t r = pread(slots[e.slot].fd[e.kind], buf(p, e.slot, e.kind), kBufSize[e.kind], 0);
+        e.res = r < 0 ? -errno : static_cast<int32_t>(r);
+      }
+      outstanding[p] = 0;
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      Entry& e = entries[p][i];
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // the SQ holds a whole batch
+      io_uring_prep_read(sqe, static_cast<int>(3 * e.slot + e.kind), buf(p, e.slot, e.kind),
+                         static_cast<unsigned>(kBufSize[e.kind]), 0);
+      sqe->flags |= IOSQE_FIXED_FILE;
+      io_uring_sqe_set_data64(sqe, (uint64_t{static_cast<unsigned>(p)} << 32) | i);
+    }
+    outstanding[p] = n;
+    // One io_uring_enter: submits this tick's reads and runs the completions
+    // of the previous tick (deferred task work), so nothing wakes us meanwhile.
+    // Asking for as many completions as the previous batch still owes makes
+    // the kernel post them all now (with min_complete 0 it posts at most a
+    // few dozen per call); they have had a whole interval to finish.
+    size_t owed = outstanding[1 - p];
+    if (owed > 0)
+      io_uring_submit_and_wait(&ring, static_cast<unsigned>(owed));
+    else
+      io_uring_submit_and_get_events(&ring);
+    ++uring_enters;
+    harvest();
+  }
+
+  void harvest() {
+    io_uring_cqe* cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      uint64_t ud = io_uring_cqe_get_data64(cqe);
+      int p = static_cast<int>(ud >> 32);
+      size_t i = ud & 0xffffffffu;
+      entries[p][i].res = cqe->res;
+      --outstanding[p];
+      ++seen;
+    }
+    io_uring_cq_advance(&ring, seen);
+  }
+
+  void wait_batch(int p) {
+    while (outstanding[p] > 0) {
+      io_uring_cqe* cqe;
+      int rc = io_uring_wait_cqe(&ring, &cqe);
+      ++uring_enters;
+      if (rc < 0 && rc != -EINTR) throw system_error(Exit::kEnvironment, "io_uring wait", "", -rc);
+      harvest();
+    }
+  }
+
+  void record_series(Record& r, int64_t ts, uint64_t delay_ns) {
+    int64_t at = ts - start_ts;
+    while (at / bucket_ns >= static_cast<int64_t>(kPlotPoints)) {
+      // Out of points: halve the resolution of every thread's series.
+      for (Record& x : records) {
+        for (size_t i = 0; i < kPlotPoints / 2; ++i) {
+          float a = x.series[2 * i], b = x.series[2 * i + 1];
+          x.series[i] = std::isnan(a) ? b : std::isnan(b) ? a : std::max(a, b);
+        }
+        std::fill(x.series + kPlotPoints / 2, x.series + kPlotPoints, NAN);
+      }
+      bucket_ns *= 2;
+    }
+    float us = static_cast<float>(delay_ns / 1000.0);
+    float& v = r.series[at / bucket_ns];
+    v = std::isnan(v) ? us : std::max(v, us);
+  }
+
+  void csv_row(const Record& r, int64_t ts, const Schedstat& d, bool outside) {
+    if (csv_fd < 0) return;
+    char* out = csv_buf.data() + csv_len;
+    int n = std::snprintf(out, 256, "%lld,%d,%s,%d,%.1f,%.1f,%llu,%d\n",
+                          static_cast<long long>((ts - start_ts) / 1000), r.tid, r.role, r.last_cpu,
+                          d.run_ns / 1000.0, d.wait_ns / 1000.0,
+                          static_cast<unsigned long long>(d.timeslices), outside ? 1 : 0);
+    csv_len += static_cast<size_t>(std::max(n, 0));
+    if (csv_len > csv_buf.size() - 256) flush_csv();
+  }
+
+  void flush_csv() {
+    size_t off = 0;
+    while (off < csv_len) {
+      ssize_t n = write(csv_fd, csv_buf.data() + off, csv_len - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    csv_len = 0;
+  }
+
+  // Folds a completed batch into the records.
+  void process(int p) {
+    if (!batch_valid[p]) return;
+    batch_valid[p] = false;
+    int64_t ts = batch_ts[p];
+    size_t n = entry_count[p];
+    // Stat and status first (last CPU, switches), then schedstat deltas.
+    for (int pass = 0; pass < 2; ++pass) {
+      for (size_t i = 0; i < n; ++i) {
+        const Entry& e = entries[p][i];
+        Slot& sl = slots[e.slot];
+        if (!sl.live || sl.gen != e.gen) continue;  // exited since
+        if ((pass == 0) == (e.kind == kSched)) continue;
+        Record& r = records[sl.record];
+        if (e.res == -ESRCH || e.res == -ENOENT) {
+          thread_gone(e.slot);
+          continue;
+        }
+        if (e.res <= 0) continue;
+        std::string_view text(buf(p, e.slot, e.kind), static_cast<size_t>(e.res));
+        if (e.kind == kStat) {
+          auto st = parse_task_stat(text);
+          if (!st) continue;
+          if (st->state == 'Z' || st->state == 'X') {
+            thread_gone(e.slot);
+            continue;
+          }
+          r.last_cpu = st->processor;
+          if (e.counted) {
+            ++r.cpu_samples;
+            if (st->processor < 0 || st->processor >= CPU_SETSIZE ||
+                !CPU_ISSET(st->processor, &r.allowed))
+              ++r.outside;
+          }
+        } else if (e.kind == kStatus) {
+          if (auto v = status_field(text, "nonvoluntary_ctxt_switches")) {
+            uint64_t x = 0;
+            std::from_chars(v->data(), v->data() + v->size(), x);
+            if (!r.have_status) {
+              r.have_status = true;
+              r.nvcsw_first = x;
+              r.status_first_ts = ts;
+            }
+            r.nvcsw_last = x;
+            r.status_last_ts = ts;
+          }
+          if (auto v = status_field(text, "Cpus_allowed_list")) {
+            if (*v != r.allowed_list)
+              copy_str(r.allowed_now, *v);
+            else
+              r.allowed_now[0] = '\0';
+          }
+        } else {
+          auto ss = parse_schedstat(text);
+          if (!ss) continue;
+          if (!r.have_sched) {
+            r.have_sched = true;
+            r.first_sched = r.last_sched = *ss;
+            r.first_ts = r.last_ts = ts;
+            continue;
+          }
+          Schedstat d{ss->run_ns - r.last_sched.run_ns, ss->wait_ns - r.last_sched.wait_ns,
+                      ss->timeslices - r.last_sched.timeslices};
+          r.last_sched = *ss;
+          r.last_ts = ts;
+          r.delay.add(d.wait_ns);
+          r.delay_sum_ns += d.wait_ns;
+          record_series(r, ts, d.wait_ns);
+          bool ran = d.run_ns > 0 || d.timeslices > 0;
+          if (ran) r.ran_since_stat = true;
+          bool outside = ran && r.last_cpu >= 0 && r.last_cpu < CPU_SETSIZE &&
+                         !CPU_ISSET(r.last_cpu, &r.allowed);
+          csv_row(r, ts, d, outside);
+        }
+      }
+    }
+  }
+
+  void setup_ring() {
+    if (opt.reader != ReadMethod::kUring) return;
+    unsigned entries_n = 1;
+    while (entries_n < 3 * slots.size()) entries_n <<= 1;
+    io_uring_params params{};
+    // Deferred task work: completions are posted when we next enter the ring,
+    // not by waking us up once per read (kernel 6.1+; fall back without).
+    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    params.flags |= IORING_SETUP_CQSIZE;
+    params.cq_entries = 2 * entries_n;
+    int rc = io_uring_queue_init_params(entries_n, &ring, &params);
+    if (rc == -EINVAL) {
+      params = {};
+      params.flags = IORING_SETUP_CQSIZE;
+      params.cq_entries = 2 * entries_n;
+      rc = io_uring_queue_init_params(entries_n, &ring, &params);
+    }
+    if (rc < 0)
+      throw system_error(Exit::kEnvironment, "io_uring_queue_init", "", -rc,
+                         "io_uring may be disabled (sysctl kernel.io_uring_disabled)");
+    // io-wq workers run the procfs reads (procfs cannot read without
+    // blocking); keep them on the sampler's own CPUs, not on the CPUs under
+    // observation (by default they may run anywhere).
+    cpu_set_t mine;
+    if (sched_getaffinity(0, sizeof mine, &mine) == 0)
+      io_uring_register_iowq_aff(&ring, sizeof mine, &mine);
+    rc = io_uring_register_files_sparse(&ring, static_cast<unsigned>(3 * slots.size()));
+    if (rc < 0) {
+      io_uring_queue_exit(&ring);
+      throw system_error(Exit::kEnvironment, "io_uring_register_files_sparse", "", -rc);
+    }
+    ring_ready = true;
+  }
+
+  void run() {
+    if (ran) throw Error(Exit::kUsage, "latency sampler: run() called twice");
+    ran = true;
+    setup_ring();
+    scanner = std::make_unique<HostScanner>(opt.proc_root, opt.host_scan_interval,
+                                            opt.host_scan_max_tasks);
+    const int64_t interval = opt.interval.count();
+    const int64_t rescan_ticks = std::max<int64_t>(1, opt.rescan_interval.count() / interval);
+    bucket_ns = interval;
+    cpu_start = process_cpu_s();
+    start_ts = now_ns();
+    const int64_t end = opt.duration.count() > 0 ? start_ts + opt.duration.count() : INT64_MAX;
+    if (!rescan()) process_exited = true;
+    scanner->start();
+
+    // The pipeline: at each tick, submit this tick's batch (parity p) and
+    // fold the previous one (1-p), whose reads completed meanwhile. With
+    // pread the batch completes inside submit(); the same path is used.
+    int p = 0;
+    prepare(p);
+    int64_t next = start_ts;
+    while (!process_exited && !stopping.load(std::memory_order_relaxed)) {
+      submit(p);
+      tick.fetch_add(1, std::memory_order_relaxed);
+      int q = 1 - p;
+      if (opt.reader == ReadMethod::kUring) wait_batch(q);
+      process(q);
+      if (tick.load(std::memory_order_relaxed) % rescan_ticks == 0 || live == 0) {
+        if (!rescan()) process_exited = true;
+        status_due = true;
+      }
+      p = q;
+      prepare(p);
+      next += interval;
+      int64_t now = now_ns();
+      if (now > next) {  // fell behind: skip the ticks we missed
+        int64_t behind = (now - next) / interval;
+        missed += static_cast<uint64_t>(behind);
+        next += behind * interval;
+      }
+      if (next >= end) break;
+      sleep_until_ns(next);
+    }
+    // Fold the batch still in flight.
+    int q = 1 - p;
+    if (opt.reader == ReadMethod::kUring) wait_batch(q);
+    process(q);
+    end_ts = now_ns();
+    cpu_end = process_cpu_s();
+    scanner->stop();
+    // Final status reads, so that involuntary switches cover the whole run.
+    for (size_t s = 0; s < slots.size(); ++s) {
+      if (!slots[s].live) continue;
+      char text[4096];
+      ssize_t n = pread(slots[s].fd[kStatus], text, sizeof text, 0);
+      if (n <= 0) continue;
+      Record& r = records[slots[s].record];
+      if (auto v = status_field(std::string_view(text, static_cast<size_t>(n)),
+                                "nonvoluntary_ctxt_switches")) {
+        uint64_t x = 0;
+        std::from_chars(v->data(), v->data() + v->size(), x);
+        if (r.have_status) {
+          r.nvcsw_last = x;
+          r.status_last_ts = end_ts;
+        }
+      }
+    }
+    if (csv_fd >= 0) flush_csv();
+  }
+
+  Report report() const {
+    Report rep;
+    rep.pid = opt.pid;
+    rep.vm = opt.vm;
+    rep.reader = opt.reader == ReadMethod::kUring ? "io_uring" : "pread";
+    rep.duration_s = (end_ts - start_ts) / 1e9;
+    rep.interval_ns = opt.interval.count();
+    rep.ticks = tick.load();
+    rep.missed_ticks = missed;
+    rep.plot_bucket_ns = bucket_ns;
+    rep.host_scan_interval_ns = opt.host_scan_interval.count();
+    rep.host_scans = scanner ? scanner->scans() : 0;
+    if (scanner && end_ts > start_ts)
+      rep.host_scan_cpu_share = scanner->cpu_ns() / static_cast<double>(end_ts - start_ts);
+    rep.untracked_threads = untracked;
+    rep.process_exited = process_exited;
+    rep.sampler_cpu_share = rep.duration_s > 0 ? (cpu_end - cpu_start) / rep.duration_s : 0;
+    // Trim the series to the points that cover the run.
+    size_t used = bucket_ns > 0 ? static_cast<size_t>((end_ts - start_ts) / bucket_ns) + 1 : 0;
+    used = std::min(used, kPlotPoints);
+    for (const Record& r : records) {
+      ThreadReport t;
+      t.tid = r.tid;
+      t.name = r.name;
+      t.role = r.role;
+      t.allowed_cpus = r.allowed_list;
+      t.allowed_cpus_now = r.allowed_now;
+      t.intervals = r.delay.count();
+      t.delay_p50_us = r.delay.quantile(0.5) / 1000.0;
+      t.delay_p99_us = r.delay.quantile(0.99) / 1000.0;
+      t.delay_max_us = r.delay.max() / 1000.0;
+      t.delay_mean_us = t.intervals ? r.delay_sum_ns / 1000.0 / t.intervals : 0;
+      double span = (r.last_ts - r.first_ts) / 1e9;
+      if (span > 0) {
+        t.cpu_share = (r.last_sched.run_ns - r.first_sched.run_ns) / 1e9 / span;
+        t.wait_share = (r.last_sched.wait_ns - r.first_sched.wait_ns) / 1e9 / span;
+        t.timeslices_per_s = (r.last_sched.timeslices - r.first_sched.timeslices) / span;
+      }
+      double sspan = (r.status_last_ts - r.status_first_ts) / 1e9;
+      if (r.have_status && sspan > 0)
+        t.involuntary_switches_per_s = (r.nvcsw_last - r.nvcsw_first) / sspan;
+      t.cpu_samples = r.cpu_samples;
+      t.outside_allowed_samples = r.outside;
+      t.last_cpu = r.last_cpu;
+      t.exited = r.exited;
+      if (scanner) t.other_tasks = scanner->tasks_on(r.allowed, r.tid, 5);
+      t.delay_series_us.assign(r.series, r.series + used);
+      rep.threads.push_back(std::move(t));
+    }
+    return rep;
+  }
+
+  ~Impl() {
+    if (ring_ready) io_uring_queue_exit(&ring);
+    for (Slot& sl : slots)
+      for (int fd : sl.fd)
+        if (fd >= 0) close(fd);
+    if (taskdir >= 0) close(taskdir);
+    if (csv_fd >= 0) close(csv_fd);
+  }
+};
+
+Sampler::Sampler(SamplerOptions options) : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.opt = std::move(options);
+  if (m.opt.pid <= 0) throw Error(Exit::kUsage, "latency: pid must be positive");
+  if (m.opt.interval.count() < 10'000)
+    throw Error(Exit::kUsage, "latency: interval " + format_duration(m.opt.interval) +
+                                  " is too short; expected at least 10us");
+  if (m.opt.max_threads == 0 || m.opt.max_threads > 4096)
+    throw Error(Exit::kUsage, "latency: max_threads must be 1..4096");
+  std::string task_path = m.opt.proc_root + "/" + std::to_string(m.opt.pid) + "/task";
+  m.taskdir = open(task_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (m.taskdir < 0)
+    throw system_error(Exit::kEnvironment, "latency: open", task_path, errno,
+                       "is process " + std::to_string(m.opt.pid) + " running?");
+  m.slots.resize(m.opt.max_threads);
+  m.max_records = 4 * m.opt.max_threads;
+  m.records.reserve(m.max_records);
+  m.buffers.resize(2 * m.slots.size() * kSlotBytes);
+  for (auto& e : m.entries) e.resize(3 * m.slots.size());
+  m.dents.resize(32768);
+  if (!m.opt.csv_path.empty()) {
+    m.csv_fd = open(m.opt.csv_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (m.csv_fd < 0)
+      throw system_error(Exit::kUsage, "latency: cannot write --csv", m.opt.csv_path, errno);
+    m.csv_buf.resize(65536);
+    const char header[] =
+        "time_us,tid,role,cpu,run_us,runqueue_delay_us,timeslices,outside_allowed\n";
+    std::memcpy(m.csv_buf.data(), header, sizeof header - 1);
+    m.csv_len = sizeof header - 1;
+  }
+}
+
+Sampler::~Sampler() = default;
+void Sampler::run() { impl_->run(); }
+void Sampler::stop() { impl_->stopping.store(true); }
+Report Sampler::report() const { return impl_->report(); }
+Sampler::Stats Sampler::stats() const {
+  return {impl_->tick.load(), impl_->uring_enters, impl_->reads};
+}
+
+// ---------------------------------------------------------------------------
+
+struct BackgroundSampler::Impl {
+  Sampler sampler;
+  std::thread thread;
+  std::exception_ptr error;
+  std::atomic<bool> finished{false};
+  explicit Impl(SamplerOptions o) : sampler(std::move(o)) {}
+};
+
+BackgroundSampler::BackgroundSampler(SamplerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {
+  Impl* m = impl_.get();
+  m->thread = std::thread([m] {
+    try {
+      m->sampler.run();
+    } catch (...) {
+      m->error = std::current_exception();
+    }
+    m->finished = true;
+  });
+}
+
+BackgroundSampler::~BackgroundSampler() {
+  if (impl_ && impl_->thread.joinable()) {
+    impl_->sampler.stop();
+    impl_->thread.join();
+  }
+}
+
+Report BackgroundSampler::stop() {
+  impl_->sampler.stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->error) std::rethrow_exception(impl_->error);
+  return impl_->sampler.report();
+}
+
+uint64_t BackgroundSampler::ticks() const { return impl_->sampler.stats().ticks; }
+bool BackgroundSampler::finished() const { return impl_->finished.load(); }
+
+void BackgroundSampler::stop_and_write(const std::string& path) { write_json_report(stop(), path); }
+
+void write_json_report(const Report& report, const std::string& path) {
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) throw system_error(Exit::kFailed, "latency: cannot write report", path, errno);
+  out << to_json(report).dump(2) << "\n";
+  if (!out.flush()) throw system_error(Exit::kFailed, "latency: cannot write report", path, errno);
+}
+
+int find_vm_pid(const std::string& name) {
+  if (name.empty() || name == "." || name == ".." || name.find_first_of("/\n") != std::string::npos)
+    throw Error(Exit::kUsage, "latency: bad VM name '" + name + "'",
+                "a VM name is the profile's name, without '/'");
+  std::string dir;
+  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg)
+    dir = std::string(xdg) + "/passlaunch/" + name;
+  else
+    dir = "/run/passlaunch/" + name;
+  std::string pid_file = dir + "/qemu.pid";
+  std::ifstream in(pid_file);
+  if (!in)
+    throw Error(Exit::kEnvironment,
+                "latency: VM '" + name + "' is not running (no " + pid_file + ")",
+                "start it with `passlaunch run`, or give --pid PID");
+  std::string text;
+  std::getline(in, text);
+  int pid = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), pid);
+  if (ec != std::errc{} || p != text.data() + text.size() || pid <= 0)
+    throw Error(Exit::kEnvironment,
+                "latency: " + pid_file + ": expected a decimal pid, got '" + text + "'");
+  if (kill(pid, 0) != 0 && errno == ESRCH)
+    throw Error(Exit::kEnvironment, "latency: VM '" + name + "' is not running (pid " + text +
+                                        " from " + pid_file + " does not exist)");
+  return pid;
+}
+
+}  // namespace pl::latency
