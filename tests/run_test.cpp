@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 
@@ -267,6 +268,34 @@ TEST_F(RunQemu, MacvtapOnAMissingLinkStartsNothing) {
   EXPECT_NE(run.out().text().find("/network/0/link"), std::string::npos) << run.out().text();
   EXPECT_EQ(ns.links().find("macvtap"), std::string::npos);
   EXPECT_FALSE(fs::exists(runtime()));
+}
+
+}  // namespace
+}  // namespace pl
+
+namespace pl {
+namespace {
+
+TEST_F(RunQemu, LatencyLogRecordsThePinnedThreadsForTheVmsLife) {
+  std::string report = dir_.path() + "/latency.json";
+  Passlaunch run({"run", write_profile(guest_profile(name_, "normal")), "--latency-log", report,
+                  "--latency-interval", "5"},
+                 dir_.path());
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  ::kill(run.pid(), SIGTERM);
+  EXPECT_EQ(run.wait(60s), 0) << run.out().text();
+  std::ifstream in(report);
+  ASSERT_TRUE(in) << run.out().text();
+  nlohmann::json j = nlohmann::json::parse(in);
+  bool vcpu = false;
+  for (const auto& t : j["threads"]) {
+    if (t["role"] == "vcpu 0") {
+      vcpu = true;
+      EXPECT_EQ(t["allowed_cpus"], "1") << t.dump();
+      EXPECT_EQ(t["outside_allowed_samples"], 0) << t.dump();
+    }
+  }
+  EXPECT_TRUE(vcpu) << j.dump(1);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ void add_run_commands(CLI::App& app, Action& action) {
     std::string profile;
     bool dry_run = false;
     RunOptions run;
+    int latency_ms = 10;
   };
   auto opts = std::make_shared<Options>();
   CLI::App* run = app.add_subcommand(
@@ -27,6 +28,12 @@ void add_run_commands(CLI::App& app, Action& action) {
                 "Print the QEMU command line (one argument per line, shell-quoted) and stop");
   run->add_option("--host-root", opts->run.host_root,
                   "Root of the host's sysfs/procfs (for tests; default /)");
+  run->add_option("--latency-log", opts->run.latency_log,
+                  "Record the QEMU threads' latency for the VM's life; JSON report to this file");
+  auto* interval = run->add_option("--latency-interval", opts->latency_ms,
+                                   "Sampling interval of --latency-log in ms (default 10)")
+                       ->check(CLI::Range(1, 10000));
+  (void)interval;
   run->callback([opts, &action] {
     action = [opts]() -> int {
       Profile profile = load_profile(opts->profile);
@@ -37,6 +44,7 @@ void add_run_commands(CLI::App& app, Action& action) {
         }
         return 0;
       }
+      opts->run.latency_interval = std::chrono::milliseconds(opts->latency_ms);
       return run_vm(profile, opts->run);
     };
   });

@@ -24,6 +24,7 @@
 #include "core/cpulist.h"
 #include "core/error.h"
 #include "core/text.h"
+#include "latency/sampler.h"
 #include "net/tap.h"
 #include "profile/argv.h"
 #include "qmp/client.h"
@@ -301,7 +302,20 @@ class Supervisor {
     started_at_ = std::chrono::system_clock::now();
     log("guest running (" + std::to_string(elapsed_ms()) + " ms after start; QMP ready at " +
         std::to_string(connected) + " ms)");
+    if (!options_.latency_log.empty()) start_latency_log();
     start_control();
+  }
+
+  /// `--latency-log`: a sampler on its own thread, started after pinning so
+  /// that it records each thread's pinned CPUs as its allowed set.
+  void start_latency_log() {
+    latency::SamplerOptions o;
+    o.pid = pid_;
+    o.vm = profile_.name;
+    o.interval = options_.latency_interval;
+    latency_.emplace(o);
+    log("recording thread latency every " + std::to_string(options_.latency_interval.count()) +
+        " ms into " + options_.latency_log);
   }
 
   /// The QMP-speaking control socket for `ctl`, `list` and any QMP client.
@@ -469,6 +483,14 @@ class Supervisor {
     // Drain what QEMU wrote last (it is gone, so the pipes end).
     drain(*stderr_, true);
     drain(*stdout_, false);
+    if (latency_) {
+      try {
+        latency_->stop_and_write(options_.latency_log);
+        log("latency report written to " + options_.latency_log);
+      } catch (const std::exception& e) {
+        log(std::string("warning: no latency report: ") + e.what());
+      }
+    }
     std::string how = describe_wait_status(status_);
     if (outcome_.startup_error) {
       try {
@@ -539,6 +561,7 @@ class Supervisor {
   asio::signal_set signals_;
   qmp::Client qmp_;
   std::optional<ControlServer> control_;
+  std::optional<latency::BackgroundSampler> latency_;
   std::optional<asio::posix::stream_descriptor> pidfd_, stdout_, stderr_;
   std::string qmp_path_, control_path_;
   int timeout_s_;

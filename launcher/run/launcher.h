@@ -4,6 +4,7 @@
 //   -> read the pins back -> cont -> supervise -> restore the host.
 #pragma once
 
+#include <chrono>
 #include <string>
 
 #include "profile/profile.h"
@@ -13,6 +14,10 @@ namespace pl {
 struct RunOptions {
   std::string host_root = "/";  ///< sysfs/procfs root (tests use a simulated host)
   bool quiet = false;           ///< no progress lines on stderr
+  /// Records the pinned threads' latency for the VM's whole life and writes
+  /// the report (the JSON of `passlaunch latency`) here when it ends.
+  std::string latency_log;
+  std::chrono::milliseconds latency_interval{10};
 };
 
 /// Runs the VM until it ends; returns the exit code (see README "Exit codes").
