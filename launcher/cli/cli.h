@@ -14,5 +14,6 @@ using Action = std::function<int()>;
 void add_profile_commands(CLI::App& app, Action& action);  // run (--dry-run), argv
 void add_qmp_command(CLI::App& app, Action& action);       // qmp
 void add_rom_commands(CLI::App& app, Action& action);      // rom inspect|patch
+void add_host_commands(CLI::App& app, Action& action);     // iommu, vfio-conf, check, recover
 
 }  // namespace pl::cli

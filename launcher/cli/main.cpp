@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
 
   pl::cli::Action action;
   pl::cli::add_profile_commands(app, action);
+  pl::cli::add_host_commands(app, action);
 
   try {
     app.parse(argc, argv);

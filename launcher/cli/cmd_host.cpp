@@ -1,0 +1,100 @@
+// Host commands: iommu, vfio-conf, check, recover. Every sysfs/procfs path
+// hangs off --host-root (default "/").
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/cli.h"
+#include "core/error.h"
+#include "host/host_fs.h"
+#include "host/pci.h"
+#include "host/vfio_conf.h"
+
+namespace pl::cli {
+namespace {
+
+int run_iommu(const std::string& root, bool json) {
+  host::HostFs fs(root);
+  auto groups = host::read_iommu_groups(fs);
+  if (groups.empty()) {
+    throw Error(
+        Exit::kEnvironment, "no IOMMU groups in " + fs.real("/sys/kernel/iommu_groups"),
+        "enable VT-d/AMD-Vi in the firmware and add " +
+            (host::iommu_cmdline_option(fs).empty() ? std::string("intel_iommu=on or amd_iommu=on")
+                                                    : host::iommu_cmdline_option(fs)) +
+            " iommu=pt to the kernel command line");
+  }
+  host::PciNames names;
+  if (json) {
+    nlohmann::json out = {{"groups", nlohmann::json::array()}};
+    for (const auto& g : groups) {
+      nlohmann::json devices = nlohmann::json::array();
+      for (const auto& d : g.devices) {
+        char cls[8];
+        std::snprintf(cls, sizeof cls, "%04x", d.class_code >> 8);
+        nlohmann::json j = {
+            {"address", d.address},
+            {"vendor", d.id().substr(0, 4)},
+            {"device", d.id().substr(5)},
+            {"class", cls},
+            {"driver", d.driver.empty() ? nlohmann::json() : nlohmann::json(d.driver)},
+            {"boot_vga", d.boot_vga},
+            {"bridge", d.is_bridge()},
+            {"description", host::describe_pci_device(d, names)}};
+        if (d.revision) {
+          char rev[4];
+          std::snprintf(rev, sizeof rev, "%02x", *d.revision);
+          j["revision"] = rev;
+        }
+        if (auto v = names.vendor(d.vendor)) j["vendor_name"] = *v;
+        if (auto n = names.device(d.vendor, d.device)) j["device_name"] = *n;
+        if (auto c = names.klass(d.class_code)) j["class_name"] = *c;
+        devices.push_back(std::move(j));
+      }
+      out["groups"].push_back({{"group", g.number}, {"devices", std::move(devices)}});
+    }
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  for (const auto& g : groups) {
+    std::cout << "IOMMU Group " << g.number << ":\n";
+    for (const auto& d : g.devices) {
+      std::cout << "\t" << host::describe_pci_device(d, names)
+                << "  driver: " << (d.driver.empty() ? "none" : d.driver)
+                << (d.boot_vga ? "  boot_vga" : "") << "\n";
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_host_commands(CLI::App& app, Action& action) {
+  {
+    auto* cmd =
+        app.add_subcommand("iommu", "List IOMMU groups, their PCI devices and bound drivers");
+    auto root = std::make_shared<std::string>("/");
+    auto json = std::make_shared<bool>(false);
+    cmd->add_option("--host-root", *root, "Directory standing for / (sysfs, procfs)");
+    cmd->add_flag("--json", *json, "Print JSON");
+    cmd->callback(
+        [&action, root, json] { action = [root, json] { return run_iommu(*root, *json); }; });
+  }
+  {
+    auto* cmd = app.add_subcommand(
+        "vfio-conf",
+        "Print /etc/modprobe.d/vfio.conf lines and kernel options for the given devices");
+    auto root = std::make_shared<std::string>("/");
+    auto devices = std::make_shared<std::vector<std::string>>();
+    cmd->add_option("--host-root", *root, "Directory standing for / (sysfs, procfs)");
+    cmd->add_option("devices", *devices, "PCI addresses (BB:DD.F or DDDD:BB:DD.F)")->required();
+    cmd->callback([&action, root, devices] {
+      action = [root, devices] {
+        host::HostFs fs(*root);
+        std::cout << host::format_vfio_conf(host::make_vfio_conf(fs, *devices));
+        return 0;
+      };
+    });
+  }
+}
+
+}  // namespace pl::cli
