@@ -519,6 +519,14 @@ SimHost::SimHost(const std::string& vfio_ids) {
         "BOOT_IMAGE=/vmlinuz-linux root=/dev/sda2 loglevel=3 intel_iommu=on iommu=pt\n");
   k.put("/dev/kvm", "");
   fsys::create_directories(k.real("/var/lib"));
+  k.put("/proc/sys/kernel/osrelease", "6.1.0-13-amd64\n");
+  k.put("/lib/modules/6.1.0-13-amd64/modules.dep",
+        "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko "
+        "kernel/drivers/vfio/vfio.ko\n");
+  k.put("/proc/meminfo",
+        "MemTotal:       65536000 kB\nHugePages_Total:    8192\nHugePages_Free:     8192\n"
+        "Hugepagesize:       2048 kB\n");
+  k.put("/usr/share/OVMF/OVMF_CODE_4M.fd", "");
   fsys::create_directories(k.real("/sys/class/iommu/dmar0"));
   fsys::create_directories(k.real("/sys/bus/pci/drivers/pcieport"));  // built in
 

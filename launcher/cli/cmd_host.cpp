@@ -1,10 +1,14 @@
 // Host commands: iommu, vfio-conf, check, recover. Every sysfs/procfs path
 // hangs off --host-root (default "/").
+#include <algorithm>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cli/cli.h"
 #include "core/error.h"
+#include "host/check.h"
+#include "host/handover.h"
+#include "host/host_env.h"
 #include "host/host_fs.h"
 #include "host/pci.h"
 #include "host/vfio_conf.h"
@@ -66,6 +70,28 @@ int run_iommu(const std::string& root, bool json) {
   return 0;
 }
 
+int run_check(const std::string& root, const host::CheckOptions& options) {
+  host::HostFs fs(root);
+  auto lines = host::check_host(fs, options);
+  std::cout << host::format_check(lines);
+  bool failed = std::any_of(lines.begin(), lines.end(), [](const host::CheckLine& l) {
+    return l.level == host::CheckLine::kFail;
+  });
+  return failed ? exit_code(Exit::kEnvironment) : 0;
+}
+
+int run_recover(const std::string& name) {
+  host::RealHost real("/");
+  host::HostEnv env = real.env(&std::cerr);
+  auto done = host::recover(name, env);
+  if (done.empty()) {
+    std::cout << "nothing to recover\n";
+  } else {
+    for (const auto& vm : done) std::cout << "recovered " << vm << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 void add_host_commands(CLI::App& app, Action& action) {
@@ -94,6 +120,26 @@ void add_host_commands(CLI::App& app, Action& action) {
         return 0;
       };
     });
+  }
+  {
+    auto* cmd = app.add_subcommand(
+        "check", "Check that this host is ready for GPU passthrough (exit 3 on failure)");
+    auto root = std::make_shared<std::string>("/");
+    auto options = std::make_shared<host::CheckOptions>();
+    cmd->add_option("--host-root", *root, "Directory standing for / (sysfs, procfs)");
+    cmd->add_option("--device", options->devices, "PCI address the VM will take (repeatable)");
+    cmd->add_option("--qemu", options->qemu, "QEMU binary");
+    cmd->callback([&action, root, options] {
+      action = [root, options] { return run_check(*root, *options); };
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand(
+        "recover",
+        "Undo the host changes of a run that did not restore them (all VMs when NAME is omitted)");
+    auto name = std::make_shared<std::string>();
+    cmd->add_option("name", *name, "VM name");
+    cmd->callback([&action, name] { action = [name] { return run_recover(*name); }; });
   }
 }
 
