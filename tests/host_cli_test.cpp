@@ -1,8 +1,10 @@
 // The host commands of the passlaunch binary against the simulated host tree.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "sim_host.h"
@@ -123,6 +125,32 @@ TEST(HostCli, CheckPassesViableGroupsAndFailsPartialOne) {
   EXPECT_NE(bad.text.find("FAIL  device 0000:09:00.0 is not present\n      fix: "),
             std::string::npos)
       << bad.text;
+}
+
+TEST(HostCli, CheckAndVfioConfTakeDevicesFromProfile) {
+  sim::SimHost h;
+  const std::string profile =
+      h.root() + "/../" + "pl-cli-profile-" + std::to_string(::getpid()) + ".json";
+  {
+    std::ofstream(profile)
+        << R"({"name": "win11", "memory": {"size_mib": 1024}, "cpu": {"vcpus": 1},
+      "firmware": {"type": "ovmf", "code": "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                   "vars_template": "/usr/share/OVMF/OVMF_VARS_4M.fd"},
+      "devices": [{"type": "vfio", "address": "0000:03:00.0"}]})";
+  }
+  auto conf = passlaunch("vfio-conf --host-root " + h.root() + " --profile " + profile);
+  EXPECT_EQ(conf.status, 0) << conf.text;
+  EXPECT_NE(conf.text.find("options vfio-pci ids=144d:a808\n"), std::string::npos) << conf.text;
+  EXPECT_EQ(conf.text.find("disable_vga"), std::string::npos) << conf.text;
+
+  auto check = passlaunch("check --host-root " + h.root() + " " + profile);
+  EXPECT_EQ(check.status, 3) << check.text;  // the vars template is missing under this root
+  EXPECT_NE(check.text.find("pass  IOMMU group 16 viable"), std::string::npos) << check.text;
+  EXPECT_NE(check.text.find(
+                "FAIL  firmware missing: /usr/share/OVMF/OVMF_VARS_4M.fd\n      fix: install OVMF"),
+            std::string::npos)
+      << check.text;
+  std::remove(profile.c_str());
 }
 
 }  // namespace

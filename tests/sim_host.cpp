@@ -575,6 +575,7 @@ SimHost::SimHost(const std::string& vfio_ids) {
   k.link("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0",
          "/sys/devices/platform/efi-framebuffer.0");
 
+  k.put("/sys/devices/system/cpu/online", "0-7\n");
   for (int cpu = 0; cpu < 8; ++cpu) {
     const std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/cpufreq";
     k.put(dir + "/scaling_governor", "powersave\n");

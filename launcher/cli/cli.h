@@ -11,9 +11,10 @@ namespace pl::cli {
 /// What the chosen subcommand does; returns the process exit code.
 using Action = std::function<int()>;
 
-void add_profile_commands(CLI::App& app, Action& action);  // run (--dry-run), argv
+void add_run_commands(CLI::App& app, Action& action);      // run
 void add_qmp_command(CLI::App& app, Action& action);       // qmp
 void add_rom_commands(CLI::App& app, Action& action);      // rom inspect|patch
+void add_ctl_commands(CLI::App& app, Action& action);      // list, ctl
 void add_host_commands(CLI::App& app, Action& action);     // iommu, vfio-conf, check, recover
 
 }  // namespace pl::cli

@@ -12,6 +12,7 @@
 #include "host/host_fs.h"
 #include "host/pci.h"
 #include "host/vfio_conf.h"
+#include "profile/profile.h"
 
 namespace pl::cli {
 namespace {
@@ -111,12 +112,25 @@ void add_host_commands(CLI::App& app, Action& action) {
         "Print /etc/modprobe.d/vfio.conf lines and kernel options for the given devices");
     auto root = std::make_shared<std::string>("/");
     auto devices = std::make_shared<std::vector<std::string>>();
+    auto profile = std::make_shared<std::string>();
     cmd->add_option("--host-root", *root, "Directory standing for / (sysfs, procfs)");
-    cmd->add_option("devices", *devices, "PCI addresses (BB:DD.F or DDDD:BB:DD.F)")->required();
-    cmd->callback([&action, root, devices] {
-      action = [root, devices] {
+    auto* dev = cmd->add_option("devices", *devices, "PCI addresses (BB:DD.F or DDDD:BB:DD.F)");
+    auto* prof = cmd->add_option("--profile", *profile, "Take the devices from this profile");
+    dev->excludes(prof);
+    cmd->callback([&action, root, devices, profile] {
+      action = [root, devices, profile] {
         host::HostFs fs(*root);
-        std::cout << host::format_vfio_conf(host::make_vfio_conf(fs, *devices));
+        std::vector<std::string> addresses = *devices;
+        if (!profile->empty()) {
+          for (const auto& d : load_profile(*profile, {.files = false}).devices) {
+            addresses.push_back(d.address.str());
+          }
+        }
+        if (addresses.empty()) {
+          throw Error(Exit::kUsage, "vfio-conf: no devices given",
+                      "give PCI addresses or --profile PROFILE");
+        }
+        std::cout << host::format_vfio_conf(host::make_vfio_conf(fs, addresses));
         return 0;
       };
     });
@@ -125,12 +139,23 @@ void add_host_commands(CLI::App& app, Action& action) {
     auto* cmd = app.add_subcommand(
         "check", "Check that this host is ready for GPU passthrough (exit 3 on failure)");
     auto root = std::make_shared<std::string>("/");
+    auto profile = std::make_shared<std::string>();
     auto options = std::make_shared<host::CheckOptions>();
     cmd->add_option("--host-root", *root, "Directory standing for / (sysfs, procfs)");
+    cmd->add_option("PROFILE", *profile, "Check the devices and firmware of this profile");
     cmd->add_option("--device", options->devices, "PCI address the VM will take (repeatable)");
     cmd->add_option("--qemu", options->qemu, "QEMU binary");
-    cmd->callback([&action, root, options] {
-      action = [root, options] { return run_check(*root, *options); };
+    cmd->callback([&action, root, profile, options] {
+      action = [root, profile, options] {
+        if (!profile->empty()) {
+          Profile p = load_profile(*profile, {.files = false});
+          for (const auto& d : p.devices) options->devices.push_back(d.address.str());
+          for (const auto* f : {&p.firmware.code, &p.firmware.vars_template}) {
+            if (!f->empty()) options->firmware.push_back(*f);
+          }
+        }
+        return run_check(*root, *options);
+      };
     });
   }
   {

@@ -11,7 +11,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "passlaunch 0.1");
 
   pl::cli::Action action;
-  pl::cli::add_profile_commands(app, action);
+  pl::cli::add_run_commands(app, action);
+  pl::cli::add_rom_commands(app, action);
+  pl::cli::add_qmp_command(app, action);
+  pl::cli::add_ctl_commands(app, action);
   pl::cli::add_host_commands(app, action);
 
   try {

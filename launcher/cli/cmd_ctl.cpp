@@ -1,0 +1,376 @@
+// `passlaunch list` and `passlaunch ctl NAME ...`: talk to a running VM
+// through its control socket (a QMP server run by `passlaunch run`).
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/cli.h"
+#include "core/error.h"
+#include "qmp/client.h"
+#include "run/facts.h"
+#include "run/runtime.h"
+
+namespace pl::cli {
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+/// Maps the qmp library's errors to passlaunch's exit codes.
+[[noreturn]] void rethrow_qmp(const qmp::Error& e, const std::string& what) {
+  if (e.kind() == qmp::ErrorKind::command_error) {
+    throw Error(Exit::kFailed, what + ": " + e.error_class() + ": " + e.description());
+  }
+  throw Error(Exit::kEnvironment, what + ": " + e.what());
+}
+
+/// A connection to VM `name`'s control socket; exit 3 when it is not running.
+class Control {
+ public:
+  explicit Control(const std::string& name) : name_(name) {
+    std::string path = runtime_dir_for(name) + "/control.sock";
+    if (!running_launcher(name) || !std::filesystem::exists(path)) {
+      throw Error(Exit::kEnvironment, "VM \"" + name + "\" is not running",
+                  "`passlaunch list` shows the running VMs");
+    }
+    try {
+      qmp::ConnectOptions co;
+      co.timeout = 5s;
+      co.greeting_timeout = 5s;
+      client_.connect(path, co);
+    } catch (const qmp::Error& e) {
+      rethrow_qmp(e, "cannot reach VM \"" + name + "\"");
+    }
+  }
+
+  json execute(const std::string& cmd, json args = nullptr,
+               std::optional<qmp::Duration> timeout = std::nullopt) {
+    try {
+      return client_.execute(cmd, std::move(args), timeout);
+    } catch (const qmp::Error& e) {
+      rethrow_qmp(e, cmd);
+    }
+  }
+
+  qmp::SyncClient& sync() { return client_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
+  qmp::SyncClient client_;
+};
+
+std::string format_uptime(long s) {
+  char buf[64];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  } else if (s >= 60) {
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%lds", s);
+  }
+  return buf;
+}
+
+/// Waits until the launcher with `pid` is gone (it is not our child: poll).
+bool wait_gone(pid_t pid, std::chrono::steady_clock::time_point deadline) {
+  while (::kill(pid, 0) == 0 || errno != ESRCH) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    ::usleep(20 * 1000);
+  }
+  return true;
+}
+
+/// The end of the VM after `quit` or a graceful shutdown: the control socket
+/// closes, then the launcher exits.
+int wait_until_stopped(Control& c, pid_t launcher, int timeout_s) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  if (!wait_gone(launcher, deadline)) {
+    throw Error(Exit::kEnvironment, "VM \"" + c.name() + "\" still runs after " +
+                                        std::to_string(timeout_s) + " s",
+                "`passlaunch ctl " + c.name() + " poweroff` quits it at once");
+  }
+  std::cout << c.name() << ": stopped\n";
+  return 0;
+}
+
+/// qcow2 nodes of the VM's own disks (node-name "diskN"), for snapshots.
+std::vector<json> qcow2_disks(Control& c) {
+  std::vector<json> out;
+  for (const json& n : c.execute("query-named-block-nodes", {{"flat", true}})) {
+    std::string node = n.value("node-name", "");
+    if (n.value("drv", "") == "qcow2" && node.rfind("disk", 0) == 0 &&
+        node.find('-') == std::string::npos) {
+      out.push_back(n);
+    }
+  }
+  return out;
+}
+
+/// Runs a snapshot job to its end: JOB_STATUS_CHANGE to "concluded", then the
+/// job's error from query-jobs (the command itself returns {} even when the
+/// job fails), then job-dismiss.
+void run_job(Control& c, const std::string& cmd, json args, const std::string& job_id) {
+  qmp::Client& client = c.sync().client();
+  qmp::Subscription changes = client.subscribe("JOB_STATUS_CHANGE");
+  c.execute(cmd, std::move(args));
+  for (;;) {
+    json ev;
+    try {
+      ev = c.sync().next_event(changes, 600s);
+    } catch (const qmp::Error& e) {
+      rethrow_qmp(e, cmd);
+    }
+    const json& d = ev["data"];
+    if (d.value("id", "") == job_id && d.value("status", "") == "concluded") break;
+  }
+  std::string error;
+  for (const json& j : c.execute("query-jobs")) {
+    if (j.value("id", "") == job_id && j.contains("error")) error = j["error"].get<std::string>();
+  }
+  c.execute("job-dismiss", {{"id", job_id}});
+  if (!error.empty()) {
+    std::string hint;
+    if (cmd == "snapshot-load") {
+      json st = c.execute("query-status");
+      if (st.value("status", "") == "restore-vm") {
+        hint = "QEMU is left paused in state restore-vm; load another snapshot or power off";
+      }
+    }
+    throw Error(Exit::kFailed, cmd + " failed: " + error, hint);
+  }
+}
+
+int snapshot(Control& c, const std::string& op, const std::string& tag) {
+  json status = c.execute("passlaunch-status");
+  bool vfio = status.value("vfio", false);
+  auto disks = qcow2_disks(c);
+  if (op == "list") {
+    if (disks.empty()) {
+      std::cout << c.name() << ": no qcow2 disks, so no snapshots\n";
+      return 0;
+    }
+    std::printf("%-20s %-10s %12s  %s\n", "TAG", "DISK", "VM STATE", "DATE");
+    for (const json& d : disks) {
+      for (const json& s : d["image"].value("snapshots", json::array())) {
+        std::time_t t = s.value("date-sec", 0L);
+        char date[32];
+        std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", std::localtime(&t));
+        std::printf("%-20s %-10s %12s  %s\n", s.value("name", "").c_str(),
+                    d.value("node-name", "").c_str(),
+                    s.value("vm-state-size", 0L) ? (std::to_string(s.value("vm-state-size", 0L) >> 20) + " MiB").c_str() : "-",
+                    date);
+      }
+      const json* img = &d["image"];
+      while (img->contains("backing-image")) {
+        img = &(*img)["backing-image"];
+        std::printf("%-20s %-10s %12s  %s\n", "(external)", d.value("node-name", "").c_str(), "-",
+                    img->value("filename", "").c_str());
+      }
+    }
+    return 0;
+  }
+  if (disks.empty()) {
+    throw Error(Exit::kFailed, "VM \"" + c.name() + "\" has no qcow2 disk to snapshot",
+                "snapshots need a qcow2 disk in the profile's /disks");
+  }
+  if (vfio) {
+    // VFIO devices cannot save their state: only the disks can be kept.
+    if (op != "save") {
+      throw Error(Exit::kFailed, "VM \"" + c.name() + "\" has VFIO devices: its snapshots are "
+                                                      "external disk overlays, which passlaunch "
+                                                      "does not " + op + "; the VM state is never "
+                                                      "included");
+    }
+    for (const json& d : disks) {
+      std::string node = d.value("node-name", "");
+      std::string file = d["image"].value("filename", "");
+      std::string overlay = file + "." + tag + ".qcow2";
+      c.execute("blockdev-snapshot-sync", {{"node-name", node},
+                                           {"snapshot-file", overlay},
+                                           {"snapshot-node-name", node + "-" + tag},
+                                           {"format", "qcow2"}});
+      std::cout << c.name() << ": " << node << " now writes to " << overlay << "\n";
+    }
+    std::cout << c.name() << ": disk-only snapshot \"" << tag << "\" taken; the VM state is not "
+              << "included because VFIO devices cannot save their state\n";
+    return 0;
+  }
+  std::vector<std::string> nodes;
+  for (const json& d : disks) nodes.push_back(d.value("node-name", ""));
+  std::string job = "passlaunch-" + op + "-" + std::to_string(::getpid());
+  if (op == "save") {
+    run_job(c, "snapshot-save", {{"job-id", job}, {"tag", tag}, {"vmstate", nodes[0]}, {"devices", nodes}}, job);
+  } else if (op == "load") {
+    run_job(c, "snapshot-load", {{"job-id", job}, {"tag", tag}, {"vmstate", nodes[0]}, {"devices", nodes}}, job);
+  } else {
+    run_job(c, "snapshot-delete", {{"job-id", job}, {"tag", tag}, {"devices", nodes}}, job);
+  }
+  std::cout << c.name() << ": snapshot \"" << tag << "\" " << (op == "save" ? "saved" : op == "load" ? "loaded" : "deleted") << "\n";
+  return 0;
+}
+
+struct VmEntry {
+  std::string name;
+  json status;  // passlaunch-status, or {"status": "unreachable"}
+};
+
+std::vector<VmEntry> running_vms() {
+  std::vector<VmEntry> out;
+  std::string base = std::filesystem::path(runtime_dir_for("x")).parent_path();
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(base, ec)) {
+    std::string name = e.path().filename();
+    if (!running_launcher(name)) continue;
+    VmEntry v{name, {{"name", name}, {"status", "starting"}}};
+    try {
+      Control c(name);
+      v.status = c.execute("passlaunch-status", nullptr, 5s);
+    } catch (const Error&) {
+    }
+    out.push_back(v);
+  }
+  std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.name < b.name; });
+  return out;
+}
+
+}  // namespace
+
+void add_ctl_commands(CLI::App& app, Action& action) {
+  CLI::App* list = app.add_subcommand("list", "List running VMs (name, pid, state, uptime)");
+  auto json_out = std::make_shared<bool>(false);
+  list->add_flag("--json", *json_out, "JSON output");
+  list->callback([json_out, &action] {
+    action = [json_out]() -> int {
+      auto vms = running_vms();
+      if (*json_out) {
+        json arr = json::array();
+        for (auto& v : vms) arr.push_back(v.status);
+        std::cout << json{{"vms", arr}}.dump(2) << "\n";
+        return 0;
+      }
+      std::printf("%-16s %8s %8s  %-12s %s\n", "NAME", "PID", "QEMU", "STATE", "UPTIME");
+      for (auto& v : vms) {
+        auto num = [&](const char* k) {
+          return v.status.contains(k) ? std::to_string(v.status[k].get<long>()) : std::string("-");
+        };
+        std::printf("%-16s %8s %8s  %-12s %s\n", v.name.c_str(), num("launcher-pid").c_str(),
+                    num("qemu-pid").c_str(), v.status.value("status", "?").c_str(),
+                    v.status.contains("uptime-s") ? format_uptime(v.status["uptime-s"]).c_str() : "-");
+      }
+      return 0;
+    };
+  });
+
+  struct Opts {
+    std::string name, command, args, tag;
+    int timeout = 0;
+    bool json = false;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* ctl = app.add_subcommand("ctl", "Control a running VM through its control socket");
+  ctl->add_option("NAME", o->name, "VM name (the profile's name)")->required();
+  ctl->require_subcommand(1);
+  auto simple = [&](const char* name, const char* help, const char* qmp_cmd) {
+    CLI::App* sub = ctl->add_subcommand(name, help);
+    sub->callback([o, &action, qmp_cmd, name] {
+      action = [o, qmp_cmd, name]() -> int {
+        Control c(o->name);
+        c.execute(qmp_cmd);
+        std::cout << o->name << ": " << name << " done\n";
+        return 0;
+      };
+    });
+  };
+  CLI::App* status = ctl->add_subcommand("status", "State, pids and uptime");
+  status->add_flag("--json", o->json, "JSON output");
+  status->callback([o, &action] {
+    action = [o]() -> int {
+      Control c(o->name);
+      json st = c.execute("passlaunch-status");
+      if (o->json) {
+        std::cout << st.dump(2) << "\n";
+      } else {
+        std::cout << o->name << ": " << st.value("status", "?") << ", launcher pid "
+                  << st.value("launcher-pid", 0) << ", QEMU pid " << st.value("qemu-pid", 0)
+                  << ", up " << format_uptime(st.value("uptime-s", 0L)) << "\n";
+      }
+      return 0;
+    };
+  });
+  CLI::App* shutdown = ctl->add_subcommand("shutdown", "Graceful shutdown (as SIGTERM); waits until the VM is gone");
+  shutdown->add_option("--timeout", o->timeout, "Seconds before QEMU is quit (default: the profile's)")
+      ->check(CLI::PositiveNumber);
+  shutdown->callback([o, &action] {
+    action = [o]() -> int {
+      Control c(o->name);
+      json st = c.execute("passlaunch-status");
+      json args = json::object();
+      if (o->timeout > 0) args["timeout"] = o->timeout;
+      c.execute("passlaunch-shutdown", args);
+      int wait = (o->timeout > 0 ? o->timeout : 3600) + 10;
+      return wait_until_stopped(c, st.value("launcher-pid", 0), wait);
+    };
+  });
+  CLI::App* poweroff = ctl->add_subcommand("poweroff", "Quit QEMU at once (no guest shutdown)");
+  poweroff->callback([o, &action] {
+    action = [o]() -> int {
+      Control c(o->name);
+      json st = c.execute("passlaunch-status");
+      c.execute("quit");
+      return wait_until_stopped(c, st.value("launcher-pid", 0), 30);
+    };
+  });
+  simple("reset", "Reset the guest (system_reset)", "system_reset");
+  simple("pause", "Pause the guest (stop)", "stop");
+  simple("resume", "Resume the guest (cont)", "cont");
+
+  CLI::App* raw = ctl->add_subcommand("qmp", "Run any QMP command; prints its return value as JSON");
+  raw->add_option("COMMAND", o->command, "QMP command")->required();
+  raw->add_option("ARGS", o->args, "Arguments as a JSON object");
+  raw->callback([o, &action] {
+    action = [o]() -> int {
+      json args;
+      if (!o->args.empty()) {
+        try {
+          args = json::parse(o->args);
+        } catch (const json::parse_error& e) {
+          throw Error(Exit::kUsage, "ARGS is not valid JSON: " + std::string(e.what()));
+        }
+        if (!args.is_object()) throw Error(Exit::kUsage, "ARGS must be a JSON object, got " + o->args);
+      }
+      Control c(o->name);
+      std::cout << c.execute(o->command, args).dump() << "\n";
+      return 0;
+    };
+  });
+
+  CLI::App* snap = ctl->add_subcommand("snapshot", "Snapshots: save|load|delete TAG, list");
+  snap->require_subcommand(1);
+  for (const char* op : {"save", "load", "delete"}) {
+    CLI::App* sub = snap->add_subcommand(op, std::string(op) + " a snapshot");
+    sub->add_option("TAG", o->tag, "Snapshot name")->required();
+    sub->callback([o, &action, op] {
+      action = [o, op]() -> int {
+        Control c(o->name);
+        return snapshot(c, op, o->tag);
+      };
+    });
+  }
+  CLI::App* snap_list = snap->add_subcommand("list", "List snapshots");
+  snap_list->callback([o, &action] {
+    action = [o]() -> int {
+      Control c(o->name);
+      return snapshot(c, "list", "");
+    };
+  });
+}
+
+}  // namespace pl::cli

@@ -1,0 +1,501 @@
+#include "run/launcher.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "core/cpulist.h"
+#include "core/error.h"
+#include "core/text.h"
+#include "profile/argv.h"
+#include "qmp/client.h"
+#include "rom/rom.h"
+#include "run/control.h"
+#include "run/facts.h"
+#include "run/pinning.h"
+#include "run/runtime.h"
+#include "run/spawn.h"
+
+namespace pl {
+namespace {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+/// "12:34:56.789" in local time.
+std::string wall_clock() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  int ms = static_cast<int>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000);
+  std::tm tm;
+  ::localtime_r(&t, &tm);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%02d:%02d:%02d.%03d", tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+  return buf;
+}
+
+/// A listening Unix socket at `path` (mode 0600) for QEMU to inherit.
+int listen_unix(const std::string& path) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof addr.sun_path) {
+    throw Error(Exit::kEnvironment, "socket path too long: " + path);
+  }
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw system_error(Exit::kEnvironment, "cannot create a socket for", path, errno);
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  ::unlink(path.c_str());
+  mode_t old = ::umask(0177);
+  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::umask(old);
+  if (rc != 0 || ::listen(fd, 4) != 0) {
+    int err = errno;
+    ::close(fd);
+    throw system_error(Exit::kEnvironment, "cannot listen on", path, err);
+  }
+  return fd;
+}
+
+/// Copies the OVMF variables template once into the VM's state directory.
+void prepare_ovmf_vars(const Profile& p, const HostFacts& f) {
+  if (p.firmware.type != Firmware::Type::kOvmf) return;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(fs::path(f.ovmf_vars).parent_path(), ec);
+  if (fs::exists(f.ovmf_vars)) return;
+  std::string tmp = f.ovmf_vars + ".tmp";
+  fs::copy_file(p.firmware.vars_template, tmp, fs::copy_options::overwrite_existing, ec);
+  if (ec || ::rename(tmp.c_str(), f.ovmf_vars.c_str()) != 0) {
+    throw Error(Exit::kEnvironment, "cannot copy " + p.firmware.vars_template + " to " +
+                                        f.ovmf_vars + ": " + ec.message());
+  }
+}
+
+/// How the run ended, decided when QEMU is gone.
+struct Outcome {
+  bool started = false;        ///< `cont` was acknowledged
+  bool shutting_down = false;  ///< graceful shutdown requested (signal or ctl)
+  bool guest_shutdown = false; ///< SHUTDOWN with guest=true
+  bool panicked = false;
+  bool forced = false;         ///< we sent quit or SIGKILL
+  bool aborted = false;        ///< stopped before the guest ran, on request
+  std::exception_ptr startup_error;
+};
+
+class Supervisor {
+ public:
+  Supervisor(const Profile& profile, const RunOptions& options)
+      : profile_(profile),
+        options_(options),
+        signals_(io_, SIGINT, SIGTERM),
+        qmp_(io_.get_executor()),
+        timeout_s_(profile.shutdown_timeout_s) {}
+
+  int run() {
+    t0_ = Clock::now();
+    // 1. Check the pin plan against this host before touching anything.
+    for (const std::string& w : check_pin_plan(profile_, read_cpu_topology(options_.host_root))) {
+      log("warning: " + w);
+    }
+    // ... and every romfile: a valid option ROM chain for the device it is on.
+    check_romfiles();
+    // 2. One instance per name; the runtime dir holds the sockets.
+    RuntimeDir runtime(profile_.name);
+    HostFacts facts = probe_host_facts(profile_);
+    facts.runtime_dir = runtime.path();
+    if (!facts.net_fds.empty()) {
+      throw Error(Exit::kUsage, profile_.file + ": /network: macvtap and bridge interfaces are "
+                                                "not supported by this build yet");
+    }
+    prepare_ovmf_vars(profile_, facts);
+    // 3. The exact argv, printed before exec.
+    std::vector<std::string> argv = build_qemu_argv(profile_, facts);
+    log("starting: " + join_quoted(argv));
+    // 4. Spawn paused, already inside the emulator set.
+    qmp_path_ = runtime.file("qmp.sock");
+    control_path_ = runtime.file("control.sock");
+    int listener = listen_unix(qmp_path_);
+    auto [out_rd, out_wr] = make_pipe();
+    auto [err_rd, err_wr] = make_pipe();
+    SpawnSpec spec;
+    spec.argv = argv;
+    spec.fds = {{listener, kQmpFd}};
+    spec.cpus = profile_.pinning.emulator;
+    spec.stdout_fd = out_wr;
+    spec.stderr_fd = err_wr;
+    spec.death_signal = SIGTERM;  // a launcher that dies takes its QEMU down
+    Child child;
+    try {
+      child = spawn_child(spec);
+    } catch (...) {
+      for (int fd : {listener, out_rd, out_wr, err_rd, err_wr}) ::close(fd);
+      throw;
+    }
+    ::close(listener);
+    ::close(out_wr);
+    ::close(err_wr);
+    pid_ = child.pid;
+    runtime.write_qemu_pid(pid_);
+    pidfd_.emplace(io_, child.pidfd);
+    stdout_.emplace(io_, out_rd);
+    stderr_.emplace(io_, err_rd);
+
+    // 5. Everything else happens on this one event loop.
+    asio::co_spawn(io_, watch_child(), asio::detached);
+    asio::co_spawn(io_, read_lines(*stdout_, "guest", false), asio::detached);
+    asio::co_spawn(io_, read_lines(*stderr_, "qemu", true), asio::detached);
+    asio::co_spawn(io_, watch_signals(), asio::detached);
+    asio::co_spawn(io_, start(), [this](std::exception_ptr e) {
+      if (e) {
+        outcome_.startup_error = e;
+        kill_qemu();
+      }
+    });
+    io_.run();
+    return finish();
+  }
+
+ private:
+  void log(const std::string& line) {
+    if (!options_.quiet) std::cerr << "[" << wall_clock() << "] " << line << std::endl;
+  }
+
+  static std::string join_quoted(const std::vector<std::string>& argv) {
+    std::vector<std::string> q;
+    for (const auto& a : argv) q.push_back(shell_quote(a));
+    return join(q, " ");
+  }
+
+  /// A romfile must be a valid ROM chain from offset 0, of the device's own
+  /// vendor and device id when sysfs knows the device.
+  void check_romfiles() {
+    for (size_t i = 0; i < profile_.devices.size(); ++i) {
+      const VfioDevice& d = profile_.devices[i];
+      if (d.romfile.empty()) continue;
+      std::string dev = options_.host_root + "/sys/bus/pci/devices/" + d.address.str();
+      auto read_id = [&](const char* leaf) -> std::optional<uint16_t> {
+        std::ifstream in(dev + "/" + leaf);
+        std::string text;
+        if (!(in >> text)) return std::nullopt;
+        return static_cast<uint16_t>(std::stoul(text, nullptr, 16));
+      };
+      try {
+        rom::validate_romfile(d.romfile, read_id("vendor"), read_id("device"));
+      } catch (const Error& e) {
+        throw Error(e.code(), profile_.file + ": /devices/" + std::to_string(i) + "/romfile: " +
+                                  e.what(), e.hint());
+      }
+    }
+  }
+
+  long elapsed_ms() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0_).count();
+  }
+
+  /// Connect, pin every thread, read the pins back, and only then `cont`.
+  awaitable<void> start() {
+    qmp::ConnectOptions co;
+    co.timeout = 30s;
+    co.greeting_timeout = 30s;  // TCG on a loaded host can be slow to greet
+    co.peer_alive = [this] { return !exited_; };
+    qmp_.add_listener([this](const json& ev) { on_event(ev); });
+    co_await qmp_.connect(qmp_path_, co);
+    long connected = elapsed_ms();
+
+    QemuThreads threads;
+    json cpus = co_await qmp_.execute("query-cpus-fast");
+    for (const json& c : cpus) threads.vcpus[c.at("cpu-index").get<int>()] = c.at("thread-id").get<pid_t>();
+    json ios = co_await qmp_.execute("query-iothreads");
+    for (const json& i : ios) threads.iothreads[i.at("id").get<std::string>()] = i.at("thread-id").get<pid_t>();
+    std::vector<ThreadInfo> all = list_threads(pid_);
+    for (const ThreadInfo& k : find_vhost_kthreads(pid_)) all.push_back(k);
+    std::vector<ThreadPin> pins = plan_pins(profile_.pinning, threads, all);
+    apply_pins(pins, profile_.pinning.realtime_priority);
+    verify_pins(pins);
+    std::cerr << "pinned " << pins.size() << " threads of QEMU (pid " << pid_ << "):\n"
+              << format_pin_table(pins);
+    if (outcome_.shutting_down) {  // asked to stop while we were starting
+      outcome_.aborted = true;
+      co_await quit();
+      co_return;
+    }
+    co_await qmp_.execute("cont");
+    outcome_.started = true;
+    started_at_ = std::chrono::system_clock::now();
+    log("guest running (" + std::to_string(elapsed_ms()) + " ms after start; QMP ready at " +
+        std::to_string(connected) + " ms)");
+    start_control();
+  }
+
+  /// The QMP-speaking control socket for `ctl`, `list` and any QMP client.
+  void start_control() {
+    control_.emplace(io_.get_executor(), control_path_, qmp_);
+    control_->add_command("passlaunch-status", [this](const json&) -> awaitable<json> {
+      json st = co_await qmp_.execute("query-status");
+      auto up = std::chrono::system_clock::now() - started_at_;
+      co_return json{{"name", profile_.name},
+                     {"launcher-pid", ::getpid()},
+                     {"qemu-pid", pid_},
+                     {"status", st.value("status", "unknown")},
+                     {"running", st.value("running", false)},
+                     {"uptime-s", std::chrono::duration_cast<std::chrono::seconds>(up).count()},
+                     {"shutting-down", outcome_.shutting_down},
+                     {"vfio", std::any_of(profile_.devices.begin(), profile_.devices.end(),
+                                          [](const VfioDevice& d) { return d.attach; })}};
+    });
+    control_->add_command("passlaunch-shutdown", [this](const json& args) -> awaitable<json> {
+      if (args.is_object() && args.contains("timeout")) {
+        if (!args["timeout"].is_number_integer() || args["timeout"].get<int>() < 1) {
+          throw qmp::Error(qmp::ErrorKind::command_error, "bad timeout", "passlaunch-shutdown",
+                           "GenericError", "'timeout' must be a positive integer (seconds)");
+        }
+        timeout_s_ = args["timeout"].get<int>();
+      }
+      if (!outcome_.shutting_down) {
+        log("shutdown requested on the control socket");
+        asio::co_spawn(io_, graceful_shutdown(), asio::detached);
+      }
+      co_return json::object();
+    });
+    control_->start();
+  }
+
+  /// Every pinned thread must now be allowed exactly its planned CPUs.
+  void verify_pins(const std::vector<ThreadPin>& pins) {
+    for (const ThreadPin& p : pins) {
+      if (p.cpus.empty()) continue;
+      std::vector<int> want = p.cpus;
+      std::sort(want.begin(), want.end());
+      std::vector<int> got = thread_affinity(p.tid);
+      if (got != want) {
+        throw Error(Exit::kFailed, p.label + " (tid " + std::to_string(p.tid) + ") runs on CPUs " +
+                                       format_cpulist(got) + " after pinning, not " +
+                                       format_cpulist(want));
+      }
+    }
+  }
+
+  void on_event(const json& ev) {
+    std::string name = ev.value("event", "");
+    std::string data = ev.contains("data") ? " " + ev["data"].dump() : "";
+    log("event " + name + data);
+    if (control_) control_->broadcast(ev);
+    if (name == "SHUTDOWN" && ev.contains("data") && ev["data"].value("guest", false)) {
+      outcome_.guest_shutdown = true;
+    } else if (name == "GUEST_PANICKED") {
+      outcome_.panicked = true;
+      asio::co_spawn(io_, quit(), asio::detached);
+    } else if (name == "RESET") {
+      log("the guest reset (reboot); it keeps running");
+    }
+  }
+
+  awaitable<void> watch_child() {
+    co_await pidfd_->async_wait(asio::posix::descriptor::wait_read, use_awaitable);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    exited_ = true;
+    status_ = status;
+    // QEMU is gone: nothing else on this loop matters now.
+    io_.stop();
+  }
+
+  awaitable<void> watch_signals() {
+    for (int count = 0;; ++count) {
+      boost::system::error_code ec;
+      int sig = co_await signals_.async_wait(asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      if (count == 0) {
+        log(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
+            ": shutting the guest down (again to quit at once)");
+        asio::co_spawn(io_, graceful_shutdown(), asio::detached);
+      } else {
+        log("received a second signal: quitting QEMU now");
+        asio::co_spawn(io_, quit(), asio::detached);
+      }
+    }
+  }
+
+  /// Power button, pressed again if the guest does not react, then quit after
+  /// the profile's timeout, then SIGKILL.
+  awaitable<void> graceful_shutdown() {
+    outcome_.shutting_down = true;
+    if (!outcome_.started) co_return;  // start() sees the flag and quits
+    auto deadline = Clock::now() + std::chrono::seconds(timeout_s_);
+    auto again = Clock::now() + std::min<Clock::duration>(5s, std::chrono::seconds(timeout_s_) / 2);
+    co_await press_power_button();
+    asio::steady_timer timer(io_);
+    timer.expires_at(again);
+    co_await timer.async_wait(use_awaitable);
+    if (!outcome_.guest_shutdown) {
+      log("the guest has not shut down yet: pressing the power button again");
+      co_await press_power_button();
+    }
+    timer.expires_at(deadline);
+    co_await timer.async_wait(use_awaitable);
+    log("the guest did not shut down within " + std::to_string(timeout_s_) +
+        " s: quitting QEMU");
+    co_await quit();
+  }
+
+  awaitable<void> press_power_button() {
+    try {
+      co_await qmp_.execute("system_powerdown");
+    } catch (const std::exception& e) {
+      log(std::string("system_powerdown failed: ") + e.what());
+    }
+  }
+
+  /// `quit`, then SIGKILL if QEMU is still there 5 s later.
+  awaitable<void> quit() {
+    if (quitting_) co_return;
+    quitting_ = true;
+    outcome_.forced = !outcome_.guest_shutdown;
+    try {
+      co_await qmp_.execute("quit", nullptr, 5s);
+    } catch (const std::exception& e) {
+      log(std::string("quit: ") + e.what());
+    }
+    asio::steady_timer timer(io_, 5s);
+    co_await timer.async_wait(use_awaitable);
+    log("QEMU did not exit 5 s after quit: SIGKILL");
+    kill_qemu();
+  }
+
+  void kill_qemu() {
+    if (!exited_ && pid_ > 0) ::kill(pid_, SIGKILL);
+  }
+
+  awaitable<void> read_lines(asio::posix::stream_descriptor& pipe, std::string prefix,
+                             bool keep_tail) {
+    std::string buf;
+    for (;;) {
+      boost::system::error_code ec;
+      size_t n = co_await asio::async_read_until(pipe, asio::dynamic_buffer(buf), '\n',
+                                                 asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      std::string line = buf.substr(0, n - 1);
+      buf.erase(0, n);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (keep_tail) {
+        tail_.push_back(line);
+        if (tail_.size() > 20) tail_.pop_front();
+      }
+      log(prefix + ": " + line);
+    }
+  }
+
+  /// Decides the exit code once QEMU is gone.
+  int finish() {
+    // Drain what QEMU wrote last (it is gone, so the pipes end).
+    drain(*stderr_, true);
+    drain(*stdout_, false);
+    std::string how = describe_wait_status(status_);
+    if (outcome_.startup_error) {
+      try {
+        std::rethrow_exception(outcome_.startup_error);
+      } catch (const Error& e) {
+        if (e.code() != Exit::kEnvironment || !qemu_failed_on_its_own()) throw;
+      } catch (const std::exception& e) {
+        if (!qemu_failed_on_its_own()) throw Error(Exit::kEnvironment, e.what());
+      }
+      throw Error(Exit::kStartupFailed, "QEMU " + how + " before the guest started" + tail_text(),
+                  "the QEMU messages above say why");
+    }
+    if (outcome_.aborted) {
+      log("stopped before the guest started, as asked");
+      return exit_code(Exit::kOk);
+    }
+    if (outcome_.panicked) {
+      log("the guest panicked; QEMU " + how);
+      return exit_code(Exit::kGuestPanic);
+    }
+    if (outcome_.guest_shutdown && WIFEXITED(status_) && WEXITSTATUS(status_) == 0) {
+      log("the guest shut down; QEMU " + how);
+      return exit_code(Exit::kOk);
+    }
+    if (outcome_.forced) {
+      log("QEMU was quit by force; it " + how);
+      return exit_code(Exit::kForcedQuit);
+    }
+    log("QEMU " + how + " on its own" + tail_text());
+    return exit_code(Exit::kQemuCrashed);
+  }
+
+  bool qemu_failed_on_its_own() const { return exited_ && !(WIFEXITED(status_) && WEXITSTATUS(status_) == 0); }
+
+  std::string tail_text() const {
+    if (tail_.empty()) return "";
+    std::string out = "; its last messages:";
+    for (const std::string& l : tail_) out += "\n    " + l;
+    return out;
+  }
+
+  void drain(asio::posix::stream_descriptor& pipe, bool keep_tail) {
+    std::string buf;
+    char chunk[4096];
+    boost::system::error_code ec;
+    pipe.non_blocking(false, ec);
+    for (;;) {
+      size_t n = pipe.read_some(asio::buffer(chunk), ec);
+      if (ec || n == 0) break;
+      buf.append(chunk, n);
+    }
+    size_t start = 0;
+    for (size_t nl; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string line = buf.substr(start, nl - start);
+      if (keep_tail) {
+        tail_.push_back(line);
+        if (tail_.size() > 20) tail_.pop_front();
+      }
+      log(std::string(keep_tail ? "qemu" : "guest") + ": " + line);
+    }
+  }
+
+  const Profile& profile_;
+  RunOptions options_;
+  asio::io_context io_;
+  asio::signal_set signals_;
+  qmp::Client qmp_;
+  std::optional<ControlServer> control_;
+  std::optional<asio::posix::stream_descriptor> pidfd_, stdout_, stderr_;
+  std::string qmp_path_, control_path_;
+  int timeout_s_;
+  std::chrono::system_clock::time_point started_at_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  bool quitting_ = false;
+  int status_ = 0;
+  Outcome outcome_;
+  std::deque<std::string> tail_;
+  Clock::time_point t0_;
+};
+
+}  // namespace
+
+int run_vm(const Profile& profile, const RunOptions& options) {
+  Supervisor s(profile, options);
+  return s.run();
+}
+
+}  // namespace pl

@@ -1,0 +1,196 @@
+// `passlaunch ctl` and `list` against a VM run by `passlaunch run`, and the
+// control socket as a QMP server for several clients at once.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "qmp/client.h"
+#include "test_util.h"
+
+namespace pl {
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+using test::passlaunch_cmd;
+
+class CtlQemu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "the pin plan needs 2 CPUs";
+    name_ = "c" + std::to_string(::getpid());
+  }
+  /// Starts the VM and waits until its guest is ready.
+  void start(const std::string& extra = "") {
+    std::string path = dir_.path() + "/" + name_ + ".json";
+    std::ofstream(path) << test::guest_profile(name_, "normal", extra);
+    run_ = std::make_unique<test::Passlaunch>(std::vector<std::string>{"run", path}, dir_.path());
+    ASSERT_TRUE(run_->out().wait_for("passlaunch-guest: ready")) << run_->out().text();
+  }
+  std::pair<int, std::string> ctl(std::vector<std::string> args) {
+    args.insert(args.begin(), {"ctl", name_});
+    return passlaunch_cmd(args, dir_.path());
+  }
+  std::string control_socket() const { return dir_.path() + "/passlaunch/" + name_ + "/control.sock"; }
+  void TearDown() override {
+    if (run_) {
+      ::kill(run_->pid(), SIGINT);
+      ::kill(run_->pid(), SIGINT);
+      run_->wait(30s);
+    }
+  }
+  test::TempDir dir_;
+  std::string name_;
+  std::unique_ptr<test::Passlaunch> run_;
+};
+
+TEST_F(CtlQemu, StatusPauseResumeAndRawQmp) {
+  start();
+  auto [code, out] = ctl({"status"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find(name_ + ": running, launcher pid " + std::to_string(run_->pid())), std::string::npos) << out;
+
+  EXPECT_EQ(ctl({"pause"}).first, 0);
+  auto [c2, st] = ctl({"qmp", "query-status"});
+  EXPECT_EQ(c2, 0);
+  EXPECT_EQ(json::parse(st)["status"], "paused") << st;
+  EXPECT_EQ(ctl({"resume"}).first, 0);
+  EXPECT_EQ(json::parse(ctl({"qmp", "query-status"}).second)["status"], "running");
+  EXPECT_TRUE(run_->out().wait_for("event STOP"));
+  EXPECT_TRUE(run_->out().wait_for("event RESUME"));
+
+  auto [c3, js] = ctl({"status", "--json"});
+  EXPECT_EQ(json::parse(js)["qemu-pid"].get<int>() > 0, true) << js;
+  // Raw QMP with arguments, and QEMU's own errors passed through (exit 1).
+  auto [c4, obj] = ctl({"qmp", "qom-get", R"({"path": "/machine", "property": "type"})"});
+  EXPECT_EQ(c4, 0) << obj;
+  auto [c5, err] = ctl({"qmp", "no-such-command"});
+  EXPECT_EQ(c5, 1) << err;
+  EXPECT_NE(err.find("CommandNotFound"), std::string::npos) << err;
+  auto [c6, bad] = ctl({"qmp", "query-status", "[1]"});
+  EXPECT_EQ(c6, 2) << bad;
+}
+
+TEST_F(CtlQemu, TwoClientsGetEventsAndOneLeavingMidCommandDisturbsNobody) {
+  start();
+  qmp::SyncClient a, b;
+  a.connect(control_socket());
+  b.connect(control_socket());
+  qmp::Subscription stops_a = a.client().subscribe("STOP");
+  qmp::Subscription stops_b = b.client().subscribe("STOP");
+  a.execute("stop");
+  EXPECT_EQ(a.next_event(stops_a, 10s)["event"], "STOP");
+  EXPECT_EQ(b.next_event(stops_b, 10s)["event"], "STOP");
+
+  // A third client sends a command and hangs up before the reply.
+  int raw = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, control_socket().c_str());
+  ASSERT_EQ(::connect(raw, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  std::string msg = R"({"execute": "qmp_capabilities"}{"execute": "query-status", "id": 7})";
+  ASSERT_EQ(::write(raw, msg.data(), msg.size()), static_cast<ssize_t>(msg.size()));
+  ::close(raw);
+
+  // And a fourth sends garbage: it is told so and dropped, alone.
+  int junk = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_EQ(::connect(junk, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  std::string bad = "}}}not json";
+  ASSERT_EQ(::write(junk, bad.data(), bad.size()), static_cast<ssize_t>(bad.size()));
+  std::string got;
+  char buf[512];
+  for (ssize_t n; (n = ::read(junk, buf, sizeof buf)) > 0;) got.append(buf, n);
+  ::close(junk);
+  EXPECT_NE(got.find("GenericError"), std::string::npos) << got;
+
+  EXPECT_EQ(b.execute("query-status")["status"], "paused");
+  b.execute("cont");
+  EXPECT_EQ(a.execute("query-status")["status"], "running");
+}
+
+TEST_F(CtlQemu, ClientMustNegotiateCapabilitiesFirst) {
+  start();
+  int raw = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, control_socket().c_str());
+  ASSERT_EQ(::connect(raw, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  test::Output out(raw);
+  ASSERT_TRUE(out.wait_for("\"QMP\"", 10s));
+  std::string msg = R"({"execute": "query-status", "id": "x"})";
+  ASSERT_EQ(::write(raw, msg.data(), msg.size()), static_cast<ssize_t>(msg.size()));
+  ASSERT_TRUE(out.wait_for("Expecting capabilities negotiation", 10s)) << out.text();
+}
+
+TEST_F(CtlQemu, SnapshotsSaveListLoadDeleteAndFailures) {
+  std::string disk = dir_.path() + "/disk.qcow2";
+  ASSERT_EQ(test::run_command({"qemu-img", "create", "-q", "-f", "qcow2", disk, "32M"}), 0);
+  start(R"(, "disks": [{"path": ")" + disk + R"(", "format": "qcow2", "iothread": "io0"}])");
+  auto [c1, o1] = ctl({"snapshot", "save", "first"});
+  ASSERT_EQ(c1, 0) << o1;
+  auto [c2, o2] = ctl({"snapshot", "list"});
+  EXPECT_EQ(c2, 0);
+  EXPECT_NE(o2.find("first"), std::string::npos) << o2;
+  EXPECT_NE(o2.find("MiB"), std::string::npos) << "full snapshots carry VM state: " << o2;
+  auto [c3, o3] = ctl({"snapshot", "load", "first"});
+  EXPECT_EQ(c3, 0) << o3;
+  EXPECT_EQ(json::parse(ctl({"qmp", "query-status"}).second)["status"], "running");
+
+  auto [c4, o4] = ctl({"snapshot", "load", "missing"});
+  EXPECT_EQ(c4, 1) << o4;
+  EXPECT_NE(o4.find("snapshot-load failed"), std::string::npos) << o4;
+  auto [c5, o5] = ctl({"snapshot", "delete", "missing"});
+  EXPECT_EQ(c5, 1) << o5;
+
+  auto [c6, o6] = ctl({"snapshot", "delete", "first"});
+  EXPECT_EQ(c6, 0) << o6;
+  EXPECT_EQ(ctl({"snapshot", "list"}).second.find("first"), std::string::npos);
+}
+
+TEST_F(CtlQemu, ListShowsTheRunningVm) {
+  start();
+  auto [code, out] = passlaunch_cmd({"list", "--json"}, dir_.path());
+  EXPECT_EQ(code, 0) << out;
+  json vms = json::parse(out)["vms"];
+  ASSERT_EQ(vms.size(), 1u) << out;
+  EXPECT_EQ(vms[0]["name"], name_);
+  EXPECT_EQ(vms[0]["status"], "running");
+  auto [c2, table] = passlaunch_cmd({"list"}, dir_.path());
+  EXPECT_NE(table.find(name_), std::string::npos) << table;
+}
+
+TEST_F(CtlQemu, CtlShutdownEndsRunWithExitZero) {
+  start();
+  auto [code, out] = ctl({"shutdown", "--timeout", "30"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(run_->wait(30s), 0) << run_->out().text();
+  EXPECT_NE(run_->out().text().find("shutdown requested on the control socket"), std::string::npos);
+  run_.reset();
+}
+
+TEST_F(CtlQemu, PoweroffQuitsAtOnce) {
+  start();
+  auto [code, out] = ctl({"poweroff"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(run_->wait(30s), 7) << run_->out().text();
+  run_.reset();
+}
+
+TEST(Ctl, VmThatIsNotRunningIsExit3) {
+  test::TempDir dir;
+  auto [code, out] = passlaunch_cmd({"ctl", "nosuchvm", "status"}, dir.path());
+  EXPECT_EQ(code, 3) << out;
+  EXPECT_NE(out.find("VM \"nosuchvm\" is not running"), std::string::npos) << out;
+  auto [c2, o2] = passlaunch_cmd({"list", "--json"}, dir.path());
+  EXPECT_EQ(c2, 0);
+  EXPECT_EQ(json::parse(o2)["vms"].size(), 0u);
+}
+
+}  // namespace
+}  // namespace pl

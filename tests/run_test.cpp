@@ -1,0 +1,193 @@
+// `passlaunch run` end to end with the real test guest under TCG: boot, pins
+// in /proc, graceful shutdown, forced quit, crash, second instance, startup
+// failure. And `passlaunch ctl`/`list` against the running VM.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "run/spawn.h"
+#include "test_util.h"
+
+namespace pl {
+namespace {
+
+using test::guest_profile;
+using test::Passlaunch;
+using test::passlaunch_cmd;
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+std::string cpus_allowed(pid_t pid, pid_t tid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Cpus_allowed_list:", 0) == 0) return line.substr(line.find_first_not_of(" \t", 18));
+  }
+  return "";
+}
+
+std::string comm(pid_t pid, const std::string& tid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + tid + "/comm");
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+bool alive(pid_t pid) { return ::kill(pid, 0) == 0; }
+
+class RunQemu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "the pin plan needs 2 CPUs";
+    name_ = "t" + std::to_string(::getpid());
+  }
+  std::string write_profile(const std::string& text) {
+    std::string path = dir_.path() + "/" + name_ + ".json";
+    std::ofstream(path) << text;
+    return path;
+  }
+  std::string runtime() const { return dir_.path() + "/passlaunch/" + name_; }
+  pid_t qemu_pid() {
+    std::ifstream in(runtime() + "/qemu.pid");
+    pid_t pid = 0;
+    in >> pid;
+    return pid;
+  }
+  test::TempDir dir_;
+  std::string name_;
+};
+
+TEST_F(RunQemu, BootsPinnedAndPowersOffOnSigterm) {
+  Passlaunch run({"run", write_profile(guest_profile(name_, "normal"))}, dir_.path());
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  EXPECT_NE(run.out().text().find("guest running"), std::string::npos);
+  EXPECT_NE(run.out().text().find("ROLE"), std::string::npos) << "the pin table is printed";
+
+  // Every thread's Cpus_allowed_list equals the plan.
+  pid_t qemu = qemu_pid();
+  ASSERT_GT(qemu, 0);
+  int vcpus = 0, iothreads = 0, others = 0;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(qemu) + "/task")) {
+    std::string tid = e.path().filename();
+    std::string name = comm(qemu, tid);
+    std::string allowed = cpus_allowed(qemu, std::stoi(tid));
+    if (name.rfind("CPU 0/", 0) == 0) {
+      ++vcpus;
+      EXPECT_EQ(allowed, "1") << name;
+    } else if (name == "IO io0") {
+      ++iothreads;
+      EXPECT_EQ(allowed, "1") << name;
+    } else {
+      ++others;
+      EXPECT_EQ(allowed, "0") << name;
+    }
+  }
+  EXPECT_EQ(vcpus, 1);
+  EXPECT_EQ(iothreads, 1);
+  EXPECT_GE(others, 1);
+  EXPECT_EQ(fs::status(runtime()).permissions() & fs::perms::all, fs::perms::owner_all);
+  EXPECT_EQ(fs::status(runtime() + "/qmp.sock").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+
+  ::kill(run.pid(), SIGTERM);
+  EXPECT_EQ(run.wait(60s), 0) << run.out().text();
+  EXPECT_NE(run.out().text().find("passlaunch-guest: powering off"), std::string::npos);
+  EXPECT_FALSE(alive(qemu)) << "QEMU was reaped";
+  EXPECT_FALSE(fs::exists(runtime())) << "runtime dir removed";
+}
+
+TEST_F(RunQemu, GuestIgnoringPowerButtonIsQuitAfterTimeout) {
+  Passlaunch run({"run", write_profile(guest_profile(name_, "ignore-powerdown", "", 3))}, dir_.path());
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  pid_t qemu = qemu_pid();
+  auto t0 = Clock::now();
+  ::kill(run.pid(), SIGTERM);
+  EXPECT_EQ(run.wait(60s), 7) << run.out().text();
+  EXPECT_GE(Clock::now() - t0, 3s);
+  EXPECT_NE(run.out().text().find("did not shut down within 3 s"), std::string::npos);
+  EXPECT_NE(run.out().text().find("pressing the power button again"), std::string::npos);
+  EXPECT_FALSE(alive(qemu));
+  EXPECT_FALSE(fs::exists(runtime()));
+}
+
+TEST_F(RunQemu, SecondSignalQuitsAtOnce) {
+  Passlaunch run({"run", write_profile(guest_profile(name_, "ignore-powerdown", "", 120))}, dir_.path());
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  ::kill(run.pid(), SIGINT);
+  ASSERT_TRUE(run.out().wait_for("shutting the guest down"));
+  ::kill(run.pid(), SIGINT);
+  auto t0 = Clock::now();
+  EXPECT_EQ(run.wait(30s), 7) << run.out().text();
+  EXPECT_LT(Clock::now() - t0, 10s);
+}
+
+TEST_F(RunQemu, QemuKilledIsReportedAsCrash) {
+  Passlaunch run({"run", write_profile(guest_profile(name_, "normal"))}, dir_.path());
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  ::kill(qemu_pid(), SIGKILL);
+  EXPECT_EQ(run.wait(30s), 5) << run.out().text();
+  EXPECT_NE(run.out().text().find("killed by signal SIGKILL"), std::string::npos) << run.out().text();
+  EXPECT_FALSE(fs::exists(runtime()));
+}
+
+TEST_F(RunQemu, SecondRunOfSameNameIsRefused) {
+  std::string profile = write_profile(guest_profile(name_, "normal"));
+  Passlaunch run({"run", profile}, dir_.path());
+  ASSERT_TRUE(run.out().wait_for("guest running")) << run.out().text();
+  auto [code, out] = passlaunch_cmd({"run", profile}, dir_.path());
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("is already running (pid " + std::to_string(run.pid()) + ")"), std::string::npos) << out;
+  EXPECT_TRUE(alive(qemu_pid())) << "the first VM is untouched";
+  ::kill(run.pid(), SIGTERM);
+  EXPECT_EQ(run.wait(60s), 0) << run.out().text();
+}
+
+TEST_F(RunQemu, StaleLockOfADeadLauncherIsCleared) {
+  fs::create_directories(runtime());
+  std::ofstream(runtime() + "/lock") << "999999\n";
+  std::ofstream(runtime() + "/qmp.sock") << "";
+  Passlaunch run({"run", write_profile(guest_profile(name_, "normal"))}, dir_.path());
+  ASSERT_TRUE(run.out().wait_for("guest running")) << run.out().text();
+  ::kill(run.pid(), SIGTERM);
+  EXPECT_EQ(run.wait(60s), 0) << run.out().text();
+}
+
+TEST_F(RunQemu, QemuRefusingToStartIsAStartupFailure) {
+  std::string bad = dir_.path() + "/not-a.qcow2";
+  std::ofstream(bad) << "this is not a qcow2 image";
+  Passlaunch run({"run", write_profile(guest_profile(name_, "normal",
+      R"(, "disks": [{"path": ")" + bad + R"(", "format": "qcow2"}])"))}, dir_.path());
+  EXPECT_EQ(run.wait(60s), 8) << run.out().text();
+  EXPECT_NE(run.out().text().find("before the guest started"), std::string::npos) << run.out().text();
+  EXPECT_NE(run.out().text().find("qcow2"), std::string::npos) << "QEMU's own message is shown";
+  EXPECT_FALSE(fs::exists(runtime()));
+}
+
+TEST_F(RunQemu, BadProfileStartsNothing) {
+  auto [code, out] = passlaunch_cmd({"run", write_profile(R"({"name": "x", "cpu": {"vcpus": 2}, "memory": {"size_mib": 64}, "pinning": {"vcpus": [1, 1]}})")}, dir_.path());
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("/pinning/vcpus: host CPU 1 is pinned twice"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir_.path() + "/passlaunch/x"));
+}
+
+TEST_F(RunQemu, PinPlanOutsideTheHostIsRefusedBeforeStart) {
+  std::string text = guest_profile(name_, "normal");
+  text = std::regex_replace(text, std::regex(R"("vcpus": \[1\])"), R"("vcpus": [4000])");
+  auto [code, out] = passlaunch_cmd({"run", write_profile(text)}, dir_.path());
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("CPU 4000 is not online on this host"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(runtime()));
+}
+
+}  // namespace
+}  // namespace pl
