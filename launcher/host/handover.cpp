@@ -664,13 +664,15 @@ std::map<std::string, std::string> drivers_of(const std::vector<IommuGroup>& gro
 
 }  // namespace
 
-void Handover::check_can_start() {
+void Handover::check_can_start(bool discard_stale) {
   HostFs& fs = env_.fs;
   const std::string& vm = config_.vm_name;
   if (auto j = Journal::open(fs, vm)) {
     if (!j->live(fs)) {
-      log(env_, "discarding the journal of " + vm + " from an earlier boot (" + j->path() + ")");
-      j->remove();
+      if (discard_stale) {
+        log(env_, "discarding the journal of " + vm + " from an earlier boot (" + j->path() + ")");
+        j->remove();
+      }
     } else {
       throw Error(Exit::kHostDirty,
                   "the host holds changes of an earlier run of " + vm +
@@ -834,7 +836,7 @@ std::vector<std::string> plan(const HandoverConfig& config, HostEnv& env) {
   Handover h(config, env);
   std::string n = "/" + std::to_string(kStepCount) + " ";
   try {
-    h.check_can_start();
+    h.check_can_start(false);
     lines.push_back("1" + n + "check: host clean, IOMMU groups viable");
   } catch (const Error& e) {
     lines.push_back("1" + n + "check: WOULD REFUSE: " + e.what());

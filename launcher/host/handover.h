@@ -60,8 +60,9 @@ class Handover {
   /// Step 1 alone, changing nothing: exit 4 when the host holds unrestored
   /// changes of this VM or another VM holds a device of these groups; exit 2
   /// for a device that is absent, a group member that is not passed through,
-  /// a unit or hook that does not exist.
-  void check_can_start();
+  /// a unit or hook that does not exist. A journal of an earlier boot is
+  /// deleted, unless `discard_stale` is false (dry runs), which ignores it.
+  void check_can_start(bool discard_stale = true);
   /// Steps 1-7. On failure restores the host and rethrows (the message says so).
   void prepare();
   /// Undoes everything prepare did (journal replay), newest first.
