@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -151,6 +152,20 @@ TEST(HostCli, CheckAndVfioConfTakeDevicesFromProfile) {
             std::string::npos)
       << check.text;
   std::remove(profile.c_str());
+}
+
+TEST(HostCli, CheckFailsOnUnrestoredJournal) {
+  sim::SimHost h;
+  std::filesystem::create_directories(h.root() + "/var/lib/passlaunch/win11");
+  std::ofstream(h.root() + "/var/lib/passlaunch/win11/journal")
+      << R"({"passlaunch_journal":1,"vm":"win11","boot_id":"6f1e4c39-1f0b-4b7e-9d8e-0c9a3e2f4b11"})"
+      << "\n";
+  auto out = passlaunch("check --host-root " + h.root());
+  EXPECT_EQ(out.status, 3) << out.text;
+  EXPECT_NE(out.text.find("FAIL  the host holds unrestored changes of win11"), std::string::npos)
+      << out.text;
+  EXPECT_NE(out.text.find("      fix: run `passlaunch recover win11`"), std::string::npos)
+      << out.text;
 }
 
 }  // namespace

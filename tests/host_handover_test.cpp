@@ -411,5 +411,52 @@ TEST(HostHandover, PlanListsEachStepForThisHost) {
   EXPECT_EQ(sim::diff(before, h.snapshot()), "");
 }
 
+TEST(HostHandover, StepsThatDoNotApplyAreSkippedAndLogged) {
+  SimHost h;
+  const auto before = h.snapshot();
+  HandoverConfig c;
+  c.vm_name = "nas";
+  c.pci_addresses = {"0000:03:00.0"};  // the NVMe alone; its root port stays
+  c.display_manager = "";
+  c.unbind_vtconsoles = false;
+  c.unbind_framebuffer = false;
+  std::ostringstream log;
+  HostEnv env = h.env(&log);
+  Handover handover(c, env);
+  handover.prepare();
+  for (const char* line :
+       {"prepare 3/7 consoles: skipped (no bound virtual console or framebuffer)",
+        "prepare 4/7 modules: skipped (no GPU modules in the profile)",
+        "prepare 6/7 cpus: skipped (no host CPU isolation or governor in the profile)",
+        "prepare 7/7 hooks: skipped (no hooks in the profile)"}) {
+    EXPECT_NE(log.str().find(line), std::string::npos) << line << "\n" << log.str();
+  }
+  EXPECT_EQ(driver(h, "0000:03:00.0"), "vfio-pci");
+  EXPECT_EQ(driver(h, "0000:00:1d.0"), "pcieport");
+  EXPECT_TRUE(h.services().is_active("display-manager.service"));
+  handover.release();
+  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+}
+
+TEST(HostHandover, DryRunPlanLeavesStaleJournalAlone) {
+  SimHost h;
+  Journal::create(h.fs(), "win11", {"0000:01:00.0"});
+  h.set_boot_id("00000000-0000-0000-0000-000000000002");
+  HostEnv env = h.env();
+  auto lines = plan(seed_config(), env);
+  EXPECT_EQ(lines.front(), "1/7 check: host clean, IOMMU groups viable");
+  EXPECT_EQ(Journal::list(h.fs()), std::vector<std::string>{"win11"});
+}
+
+TEST(HostHandover, DryRunPlanShowsRefusal) {
+  SimHost h;
+  Journal::create(h.fs(), "win11", {"0000:01:00.0"});
+  HostEnv env = h.env();
+  auto lines = plan(seed_config(), env);
+  EXPECT_TRUE(lines.front().starts_with(
+      "1/7 check: WOULD REFUSE: the host holds changes of an earlier run of win11"))
+      << lines.front();
+}
+
 }  // namespace
 }  // namespace pl::host
