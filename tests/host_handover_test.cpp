@@ -183,6 +183,8 @@ TEST(HostHandover, KilledAfterAnyStepOrChangeRecoverRestoresInitialState) {
   ASSERT_EQ(prepare_steps, 7);
   ASSERT_GE(release_steps, 6);
   ASSERT_GT(events.size(), 30u);
+  std::printf("crash points: %zu (prepare steps %d, release steps %d)\n", events.size(),
+              prepare_steps, release_steps);
 
   for (size_t k = 1; k <= events.size(); ++k) {
     SCOPED_TRACE("killed after event " + std::to_string(k) + " (" + events[k - 1] + ")");
