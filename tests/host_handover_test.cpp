@@ -202,6 +202,41 @@ TEST(HostHandover, KilledAfterAnyStepOrChangeRecoverRestoresInitialState) {
   }
 }
 
+TEST(HostHandover, FailureAtAnyPointOfPrepareRestoresHostItself) {
+  // Like the crash test, but the step fails (throws) instead of the process
+  // dying: prepare must restore on its own and leave no journal.
+  int points = 0;
+  {
+    SimHost h;
+    HostEnv env = h.env();
+    env.on_event = [&](const std::string& e) {
+      points += e.starts_with("change:") || e.starts_with("journaled:");
+    };
+    Handover(seed_config(), env).prepare();
+  }
+  ASSERT_GT(points, 20);
+  for (int k = 1; k <= points; ++k) {
+    SCOPED_TRACE("failing at point " + std::to_string(k));
+    SimHost h;
+    const auto before = h.snapshot();
+    HostEnv env = h.env();
+    int n = 0;
+    env.on_event = [&](const std::string& e) {
+      if ((e.starts_with("change:") || e.starts_with("journaled:")) && ++n == k)
+        throw std::runtime_error("injected");
+    };
+    try {
+      Handover(seed_config(), env).prepare();
+      ADD_FAILURE() << "prepare did not fail";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Exit::kFailed);
+      EXPECT_EQ(std::string(e.what()), "injected (host restored)");
+    }
+    EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+    EXPECT_TRUE(Journal::list(h.fs()).empty());
+  }
+}
+
 TEST(HostHandover, RecoverTwiceAfterCrashInsideReleaseIsHarmless) {
   SimHost h;
   const auto before = h.snapshot();

@@ -785,17 +785,20 @@ void Handover::prepare() {
       throw Error(e.code(), std::string(e.what()) + restore + "; an unbind is still pending",
                   "once the driver lets go (see `dmesg`), run `passlaunch recover " +
                       config_.vm_name + "`");
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
+      // Any failure, not only ours (a filesystem or JSON error), restores the host.
+      const auto* err = dynamic_cast<const Error*>(&e);
+      const Exit code = err ? err->code() : Exit::kFailed;
+      const std::string hint = err ? err->hint() : "";
       log(env_,
           std::string("prepare ") + step_name(s) + " failed: " + e.what() + "; restoring the host");
       try {
         replay(journal, env_, "restore");
       } catch (const Error& r) {
-        throw Error(e.code(),
-                    std::string(e.what()) + "\nrestoring the host failed too: " + r.what(),
+        throw Error(code, std::string(e.what()) + "\nrestoring the host failed too: " + r.what(),
                     r.hint());
       }
-      throw Error(e.code(), std::string(e.what()) + " (host restored)", e.hint());
+      throw Error(code, std::string(e.what()) + " (host restored)", hint);
     }
   }
 }
