@@ -216,6 +216,9 @@ struct Impl : std::enable_shared_from_this<Impl> {
         }
       } catch (const Error& e) {
         self->protocol_error(e.what());
+      } catch (const std::exception& e) {
+        // e.g. a greeting whose version numbers are strings: still the peer's fault
+        self->protocol_error(std::string("unexpected message: ") + e.what());
       }
     }
   }
@@ -340,6 +343,8 @@ struct Impl : std::enable_shared_from_this<Impl> {
         fn(ev);
       } catch (const std::exception& e) {
         log("QMP event listener threw: " + std::string(e.what()));
+      } catch (...) {
+        log("QMP event listener threw a non-standard exception");
       }
     }
     auto ss = subs;

@@ -130,6 +130,7 @@ TEST(ArgvQemu, QemuAcceptsTheDemoArgv) {
                            ProfileChecks{.files = false});
   p.kernel->kernel = test::guest_kernel();
   p.kernel->initrd = test::guest_initrd("normal");
+  p.disks.at(0).path = std::string(PL_TEST_GUEST_DIR) + "/demo-disk.qcow2";
   test::TempDir dir;
   HostFacts f = golden_facts(p);
   f.runtime_dir = dir.path();

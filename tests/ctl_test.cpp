@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "qmp/client.h"
@@ -190,6 +191,61 @@ TEST(Ctl, VmThatIsNotRunningIsExit3) {
   auto [c2, o2] = passlaunch_cmd({"list", "--json"}, dir.path());
   EXPECT_EQ(c2, 0);
   EXPECT_EQ(json::parse(o2)["vms"].size(), 0u);
+}
+
+}  // namespace
+}  // namespace pl
+
+namespace pl {
+namespace {
+
+// The hotkey helpers return at once; the VM comes up, and toggle stops it.
+TEST_F(CtlQemu, HotkeyScriptsStartAndToggleReturnAtOnce) {
+  std::string profile = dir_.path() + "/" + name_ + ".json";
+  std::ofstream(profile) << test::guest_profile(name_, "normal");
+  ::setenv("PASSLAUNCH", PL_PASSLAUNCH, 1);
+  ::setenv("XDG_RUNTIME_DIR", dir_.path().c_str(), 1);
+  auto t0 = std::chrono::steady_clock::now();
+  auto [code, out] = test::capture({std::string(PL_SOURCE_DIR) + "/scripts/start", profile});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "start returns at once";
+  std::string log = dir_.path() + "/passlaunch-" + name_ + ".log";
+  bool ready = false;
+  for (int i = 0; i < 900 && !ready; ++i) {
+    std::ifstream in(log);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    ready = text.find("passlaunch-guest: ready") != std::string::npos;
+    if (!ready) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(ready) << "the VM's output is logged to " << log;
+  EXPECT_EQ(passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first, 0);
+
+  auto [c2, o2] = test::capture({std::string(PL_SOURCE_DIR) + "/scripts/toggle", name_});
+  EXPECT_EQ(c2, 0) << o2;
+  EXPECT_NE(o2.find("stopping " + name_), std::string::npos) << o2;
+  bool gone = false;
+  for (int i = 0; i < 600 && !gone; ++i) {
+    gone = passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first == 3;
+    if (!gone) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(gone);
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(text.find("the guest shut down"), std::string::npos) << text;
+}
+
+TEST(Scripts, SystemdUnitVerifies) {
+  test::TempDir dir;
+  std::ifstream in(std::string(PL_SOURCE_DIR) + "/scripts/passlaunch@.service");
+  std::string unit((std::istreambuf_iterator<char>(in)), {});
+  for (size_t p; (p = unit.find("/usr/local/bin/passlaunch")) != std::string::npos;) {
+    unit.replace(p, 25, PL_PASSLAUNCH);
+  }
+  std::string path = dir.path() + "/passlaunch@.service";
+  std::ofstream(path) << unit;
+  auto [code, out] = test::capture({"systemd-analyze", "verify", "--man=no", path});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(out.find("passlaunch@"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -143,7 +143,8 @@ TEST_F(RunQemu, QemuKilledIsReportedAsCrash) {
 TEST_F(RunQemu, SecondRunOfSameNameIsRefused) {
   std::string profile = write_profile(guest_profile(name_, "normal"));
   Passlaunch run({"run", profile}, dir_.path());
-  ASSERT_TRUE(run.out().wait_for("guest running")) << run.out().text();
+  // Ready: the guest reacts to the power button at the end of the test.
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   auto [code, out] = passlaunch_cmd({"run", profile}, dir_.path());
   EXPECT_EQ(code, 1) << out;
   EXPECT_NE(out.find("is already running (pid " + std::to_string(run.pid()) + ")"), std::string::npos) << out;
@@ -157,7 +158,7 @@ TEST_F(RunQemu, StaleLockOfADeadLauncherIsCleared) {
   std::ofstream(runtime() + "/lock") << "999999\n";
   std::ofstream(runtime() + "/qmp.sock") << "";
   Passlaunch run({"run", write_profile(guest_profile(name_, "normal"))}, dir_.path());
-  ASSERT_TRUE(run.out().wait_for("guest running")) << run.out().text();
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   ::kill(run.pid(), SIGTERM);
   EXPECT_EQ(run.wait(60s), 0) << run.out().text();
 }
@@ -186,6 +187,68 @@ TEST_F(RunQemu, PinPlanOutsideTheHostIsRefusedBeforeStart) {
   auto [code, out] = passlaunch_cmd({"run", write_profile(text)}, dir_.path());
   EXPECT_EQ(code, 2) << out;
   EXPECT_NE(out.find("CPU 4000 is not online on this host"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(runtime()));
+}
+
+}  // namespace
+}  // namespace pl
+
+namespace pl {
+namespace {
+
+/// A network namespace with a veth pair pl-veth0/pl-veth1, removed at the end.
+class NetNs {
+ public:
+  NetNs() : name_("pl-test-" + std::to_string(::getpid())) {
+    test::run_command({"ip", "netns", "del", name_});
+    ok_ = test::run_command({"ip", "netns", "add", name_}) == 0 &&
+          test::run_command({"ip", "-n", name_, "link", "add", "pl-veth0", "type", "veth", "peer",
+                             "name", "pl-veth1"}) == 0 &&
+          test::run_command({"ip", "-n", name_, "link", "set", "pl-veth0", "up"}) == 0 &&
+          test::run_command({"ip", "-n", name_, "link", "set", "pl-veth1", "up"}) == 0;
+  }
+  ~NetNs() { test::run_command({"ip", "netns", "del", name_}); }
+  bool ok() const { return ok_; }
+  const std::string& name() const { return name_; }
+  /// `ip -d link` inside the namespace.
+  std::string links() {
+    auto [code, out] = test::capture({"ip", "-n", name_, "-d", "link", "show"});
+    return out;
+  }
+
+ private:
+  std::string name_;
+  bool ok_ = false;
+};
+
+TEST_F(RunQemu, MacvtapIsCreatedForTheGuestAndRemovedAfterShutdown) {
+  NetNs ns;
+  ASSERT_TRUE(ns.ok()) << "ip netns is needed";
+  std::string profile = write_profile(guest_profile(name_, "normal",
+      R"(, "network": [{"type": "macvtap", "link": "pl-veth0", "mode": "bridge", "mac": "52:54:00:a3:d3:f5"}])"));
+  Passlaunch run({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile}, dir_.path(),
+                 /*raw=*/true);
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  EXPECT_NE(run.out().text().find("passlaunch-guest: net eth0 52:54:00:a3:d3:f5"), std::string::npos);
+  std::string links = ns.links();
+  EXPECT_NE(links.find("pl-" + name_ + "-0@pl-veth0"), std::string::npos) << links;
+  EXPECT_NE(links.find("macvtap mode bridge"), std::string::npos) << links;
+  EXPECT_NE(links.find("52:54:00:a3:d3:f5"), std::string::npos) << links;
+  ::kill(run.pid(), SIGTERM);
+  EXPECT_EQ(run.wait(60s), 0) << run.out().text();
+  links = ns.links();
+  EXPECT_EQ(links.find("macvtap"), std::string::npos) << links;
+}
+
+TEST_F(RunQemu, MacvtapOnAMissingLinkStartsNothing) {
+  NetNs ns;
+  ASSERT_TRUE(ns.ok());
+  std::string profile = write_profile(guest_profile(name_, "normal",
+      R"(, "network": [{"type": "macvtap", "link": "pl-nosuch", "mac": "52:54:00:a3:d3:f5"}])"));
+  Passlaunch run({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile}, dir_.path(), true);
+  EXPECT_EQ(run.wait(30s), 2) << run.out().text();
+  EXPECT_NE(run.out().text().find("/network/0/link"), std::string::npos) << run.out().text();
+  EXPECT_EQ(ns.links().find("macvtap"), std::string::npos);
   EXPECT_FALSE(fs::exists(runtime()));
 }
 

@@ -48,6 +48,22 @@ int run_command(const std::vector<std::string>& argv) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+std::pair<int, std::string> capture(const std::vector<std::string>& argv) {
+  auto [rd, wr] = make_pipe();
+  SpawnSpec spec;
+  spec.argv = argv;
+  spec.stdout_fd = wr;
+  spec.stderr_fd = wr;
+  Child c = spawn_child(spec);
+  ::close(wr);
+  Output out(rd);
+  out.drain();
+  int status = 0;
+  ::waitpid(c.pid, &status, 0);
+  ::close(c.pidfd);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out.text()};
+}
+
 bool kvm_works() { return kvm_usable(); }
 
 namespace {
@@ -167,11 +183,12 @@ bool Output::wait_for(const std::string& needle, std::chrono::milliseconds timeo
 
 void Output::drain() { wait_for(std::string("\x01") + "never", std::chrono::seconds(30)); }
 
-Passlaunch::Passlaunch(const std::vector<std::string>& args, const std::string& runtime_base) {
+Passlaunch::Passlaunch(const std::vector<std::string>& args, const std::string& runtime_base,
+                       bool raw) {
   ::setenv("XDG_RUNTIME_DIR", runtime_base.c_str(), 1);
   auto [rd, wr] = make_pipe();
   SpawnSpec spec;
-  spec.argv = {PL_PASSLAUNCH};
+  if (!raw) spec.argv = {PL_PASSLAUNCH};
   spec.argv.insert(spec.argv.end(), args.begin(), args.end());
   spec.stdout_fd = wr;
   spec.stderr_fd = wr;

@@ -31,6 +31,9 @@ std::string guest_initrd(const std::string& variant);  // "normal" | "ignore-pow
 /// Runs a program (no shell), returns its exit status (or -1).
 int run_command(const std::vector<std::string>& argv);
 
+/// Runs a program (no shell): {exit status or -1, stdout and stderr}.
+std::pair<int, std::string> capture(const std::vector<std::string>& argv);
+
 /// True when a paused VM can run under KVM here.
 bool kvm_works();
 
@@ -82,7 +85,9 @@ class Output {
 /// set to `runtime_base` so tests never collide. Killed if still running.
 class Passlaunch {
  public:
-  Passlaunch(const std::vector<std::string>& args, const std::string& runtime_base);
+  /// With `raw`, args is the whole argv (e.g. to run passlaunch under `ip netns exec`).
+  Passlaunch(const std::vector<std::string>& args, const std::string& runtime_base,
+             bool raw = false);
   ~Passlaunch();
   pid_t pid() const { return pid_; }
   Output& out() { return *out_; }

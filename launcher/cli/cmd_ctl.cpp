@@ -79,20 +79,20 @@ std::string format_uptime(long s) {
   return buf;
 }
 
-/// Waits until the launcher with `pid` is gone (it is not our child: poll).
-bool wait_gone(pid_t pid, std::chrono::steady_clock::time_point deadline) {
-  while (::kill(pid, 0) == 0 || errno != ESRCH) {
+/// Waits until VM `name` is gone: its launcher has released the lock, which
+/// happens when it exits, after QEMU is reaped and the host restored.
+bool wait_gone(const std::string& name, std::chrono::steady_clock::time_point deadline) {
+  while (running_launcher(name)) {
     if (std::chrono::steady_clock::now() > deadline) return false;
     ::usleep(20 * 1000);
   }
   return true;
 }
 
-/// The end of the VM after `quit` or a graceful shutdown: the control socket
-/// closes, then the launcher exits.
-int wait_until_stopped(Control& c, pid_t launcher, int timeout_s) {
+/// The end of the VM after `quit` or a graceful shutdown.
+int wait_until_stopped(Control& c, int timeout_s) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-  if (!wait_gone(launcher, deadline)) {
+  if (!wait_gone(c.name(), deadline)) {
     throw Error(Exit::kEnvironment, "VM \"" + c.name() + "\" still runs after " +
                                         std::to_string(timeout_s) + " s",
                 "`passlaunch ctl " + c.name() + " poweroff` quits it at once");
@@ -211,6 +211,17 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
   } else if (op == "load") {
     run_job(c, "snapshot-load", {{"job-id", job}, {"tag", tag}, {"vmstate", nodes[0]}, {"devices", nodes}}, job);
   } else {
+    // QEMU deletes a missing tag without complaint: say so ourselves.
+    bool found = false;
+    for (const json& d : disks) {
+      for (const json& snap : d["image"].value("snapshots", json::array())) {
+        found |= snap.value("name", "") == tag;
+      }
+    }
+    if (!found) {
+      throw Error(Exit::kFailed, "VM \"" + c.name() + "\" has no snapshot \"" + tag + "\"",
+                  "`passlaunch ctl " + c.name() + " snapshot list` shows them");
+    }
     run_job(c, "snapshot-delete", {{"job-id", job}, {"tag", tag}, {"devices", nodes}}, job);
   }
   std::cout << c.name() << ": snapshot \"" << tag << "\" " << (op == "save" ? "saved" : op == "load" ? "loaded" : "deleted") << "\n";
@@ -311,21 +322,19 @@ void add_ctl_commands(CLI::App& app, Action& action) {
   shutdown->callback([o, &action] {
     action = [o]() -> int {
       Control c(o->name);
-      json st = c.execute("passlaunch-status");
       json args = json::object();
       if (o->timeout > 0) args["timeout"] = o->timeout;
       c.execute("passlaunch-shutdown", args);
       int wait = (o->timeout > 0 ? o->timeout : 3600) + 10;
-      return wait_until_stopped(c, st.value("launcher-pid", 0), wait);
+      return wait_until_stopped(c, wait);
     };
   });
   CLI::App* poweroff = ctl->add_subcommand("poweroff", "Quit QEMU at once (no guest shutdown)");
   poweroff->callback([o, &action] {
     action = [o]() -> int {
       Control c(o->name);
-      json st = c.execute("passlaunch-status");
       c.execute("quit");
-      return wait_until_stopped(c, st.value("launcher-pid", 0), 30);
+      return wait_until_stopped(c, 30);
     };
   });
   simple("reset", "Reset the guest (system_reset)", "system_reset");

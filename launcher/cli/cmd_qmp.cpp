@@ -56,6 +56,7 @@ int run_qmp(const QmpArgs& a) {
   auto timeout = qmp::Duration(static_cast<qmp::Duration::rep>(std::ceil(a.timeout * 1000)));
   qmp::Options options;
   options.command_timeout = timeout;
+  options.log = [](const std::string& m) { std::cerr << "passlaunch: qmp: " << m << "\n"; };
   qmp::SyncClient client(options);
   try {
     if (a.events) {

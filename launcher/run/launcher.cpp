@@ -24,6 +24,7 @@
 #include "core/text.h"
 #include "profile/argv.h"
 #include "qmp/client.h"
+#include "net/tap.h"
 #include "rom/rom.h"
 #include "run/control.h"
 #include "run/facts.h"
@@ -91,6 +92,50 @@ void prepare_ovmf_vars(const Profile& p, const HostFacts& f) {
   }
 }
 
+/// The VM's tap devices; deleted when the run ends, however it ends.
+struct TapSet {
+  std::vector<TapDevice> devices;
+  TapSet() = default;
+  TapSet(const TapSet&) = delete;
+  ~TapSet() {
+    close_fds();
+    for (const TapDevice& t : devices) delete_link(t.ifname);
+  }
+  void close_fds() {
+    for (TapDevice& t : devices) pl::close_fds(t);
+  }
+};
+
+/// An interface name (at most 15 characters) for network entry `index` of VM
+/// `name`: "pl-NAME-i", the name shortened with a hash when it is long.
+std::string tap_ifname(const std::string& name, size_t index) {
+  std::string base = name;
+  if (base.size() > 9) {
+    char hash[8];
+    std::snprintf(hash, sizeof hash, "%04zx", std::hash<std::string>{}(name) & 0xffff);
+    base = name.substr(0, 5) + hash;
+  }
+  return "pl-" + base + "-" + std::to_string(index);
+}
+
+/// Creates the macvtap/bridge taps of `profile` in order; the guest's MAC is
+/// the tap's (the kernel picks one when the profile gives none).
+void create_taps(Profile& profile, HostFacts& facts, TapSet& taps) {
+  size_t tap_index = 0;
+  for (size_t i = 0; i < profile.network.size(); ++i) {
+    NetDevice& n = profile.network[i];
+    if (n.type == NetDevice::Type::kUser) continue;
+    std::string where = profile.file + ": /network/" + std::to_string(i);
+    std::string ifname = tap_ifname(profile.name, i);
+    TapDevice t = n.type == NetDevice::Type::kMacvtap ? create_macvtap(n, ifname, where)
+                                                      : create_bridge_tap(n, ifname, where);
+    taps.devices.push_back(t);
+    if (n.mac.empty()) n.mac = t.mac;
+    NetFds& fds = facts.net_fds[tap_index++];
+    if (t.vhost_fd < 0) fds.vhost = -1;
+  }
+}
+
 /// How the run ended, decided when QEMU is gone.
 struct Outcome {
   bool started = false;        ///< `cont` was acknowledged
@@ -123,13 +168,13 @@ class Supervisor {
     RuntimeDir runtime(profile_.name);
     HostFacts facts = probe_host_facts(profile_);
     facts.runtime_dir = runtime.path();
-    if (!facts.net_fds.empty()) {
-      throw Error(Exit::kUsage, profile_.file + ": /network: macvtap and bridge interfaces are "
-                                                "not supported by this build yet");
-    }
     prepare_ovmf_vars(profile_, facts);
-    // 3. The exact argv, printed before exec.
-    std::vector<std::string> argv = build_qemu_argv(profile_, facts);
+    // 3. macvtap and bridge taps, handed to QEMU as open fds.
+    Profile effective = profile_;
+    TapSet taps;
+    create_taps(effective, facts, taps);
+    // 4. The exact argv, printed before exec.
+    std::vector<std::string> argv = build_qemu_argv(effective, facts);
     log("starting: " + join_quoted(argv));
     // 4. Spawn paused, already inside the emulator set.
     qmp_path_ = runtime.file("qmp.sock");
@@ -140,6 +185,12 @@ class Supervisor {
     SpawnSpec spec;
     spec.argv = argv;
     spec.fds = {{listener, kQmpFd}};
+    for (size_t i = 0; i < taps.devices.size(); ++i) {
+      spec.fds.push_back({taps.devices[i].tap_fd, facts.net_fds[i].tap});
+      if (taps.devices[i].vhost_fd >= 0) {
+        spec.fds.push_back({taps.devices[i].vhost_fd, facts.net_fds[i].vhost});
+      }
+    }
     spec.cpus = profile_.pinning.emulator;
     spec.stdout_fd = out_wr;
     spec.stderr_fd = err_wr;
@@ -154,6 +205,7 @@ class Supervisor {
     ::close(listener);
     ::close(out_wr);
     ::close(err_wr);
+    taps.close_fds();  // QEMU holds them now
     pid_ = child.pid;
     runtime.write_qemu_pid(pid_);
     pidfd_.emplace(io_, child.pidfd);
@@ -302,6 +354,9 @@ class Supervisor {
     if (control_) control_->broadcast(ev);
     if (name == "SHUTDOWN" && ev.contains("data") && ev["data"].value("guest", false)) {
       outcome_.guest_shutdown = true;
+    } else if (name == "SHUTDOWN") {
+      // quit from a control client (`ctl poweroff`) or a signal to QEMU.
+      outcome_.forced = true;
     } else if (name == "GUEST_PANICKED") {
       outcome_.panicked = true;
       asio::co_spawn(io_, quit(), asio::detached);
