@@ -65,7 +65,8 @@ std::vector<std::string> dry_run_argv(const std::string& passlaunch, const std::
   std::vector<std::string> argv;
   std::istringstream lines(out);
   for (std::string line; std::getline(lines, line);) {
-    if (line.size() >= 2 && line.compare(line.size() - 2, 2, " \\") == 0) line.resize(line.size() - 2);
+    if (line.size() >= 2 && line.compare(line.size() - 2, 2, " \\") == 0)
+      line.resize(line.size() - 2);
     if (line.size() >= 2 && line.front() == '\'' && line.back() == '\'') {
       line = line.substr(1, line.size() - 2);
       for (size_t p; (p = line.find("'\\''")) != std::string::npos;) line.replace(p, 4, "'");
@@ -200,8 +201,9 @@ int main(int argc, char** argv) {
   std::printf("idle supervision over 10 s (guest running):\n");
   std::printf("  wakeups                  %8.1f /s (voluntary %ld, involuntary %ld; goal 0/s)\n",
               (v1 - v0) / 10.0, v1 - v0, n1 - n0);
-  std::printf("  RSS                      %8.1f MiB (goal < 8 MiB; libvirtd + virtlogd: 34 MiB)"
-              "   ratio %.2fx\n",
-              rss_kib / 1024.0, rss_kib / 1024.0 / 34.0);
+  std::printf(
+      "  RSS                      %8.1f MiB (goal < 8 MiB; libvirtd + virtlogd: 34 MiB)"
+      "   ratio %.2fx\n",
+      rss_kib / 1024.0, rss_kib / 1024.0 / 34.0);
   return 0;
 }

@@ -36,7 +36,8 @@ std::string render(const std::vector<std::string>& argv) {
   for (const std::string& a : argv) out += shell_quote(a) + "\n";
   // Paths inside the source tree differ between checkouts.
   std::string src = PL_SOURCE_DIR;
-  for (size_t pos; (pos = out.find(src)) != std::string::npos;) out.replace(pos, src.size(), "@SRC@");
+  for (size_t pos; (pos = out.find(src)) != std::string::npos;)
+    out.replace(pos, src.size(), "@SRC@");
   return out;
 }
 
@@ -75,30 +76,34 @@ TEST(Argv, Win11HasEverySettingOfTheSeed) {
   Profile p = load_profile(std::string(PL_SOURCE_DIR) + "/profiles/win11.json",
                            ProfileChecks{.files = false});
   std::string got = render(build_qemu_argv(p, golden_facts(p)));
-  for (const char* want : {
-           "-S\n", "-nodefaults\n", "-no-user-config\n", "win11,debug-threads=on\n",
-           "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny\n",
-           "host,hypervisor=off,", "16,sockets=1,cores=8,threads=2\n", "iothread,id=io1\n",
-           "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd\n",
-           "vfio-pci,host=0000:01:00.0,id=hostdev0,bus=rp0,addr=0x0.0,multifunction=on\n",
-           "vfio-pci,host=0000:01:00.3,id=hostdev3,bus=rp0,addr=0x0.3\n",
-           "vfio-pci,host=0000:03:00.0,", "vfio-pci,host=0000:00:1f.3,",
-           "tap,id=net0,fd=4,vhost=on,vhostfd=5\n",
-           "virtio-net-pci,netdev=net0,id=net0-dev,mac=52:54:00:a3:d3:f4\n"}) {
+  for (const char* want :
+       {"-S\n", "-nodefaults\n", "-no-user-config\n", "win11,debug-threads=on\n",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny\n",
+        "host,hypervisor=off,", "16,sockets=1,cores=8,threads=2\n", "iothread,id=io1\n",
+        "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd\n",
+        "vfio-pci,host=0000:01:00.0,id=hostdev0,bus=rp0,addr=0x0.0,multifunction=on\n",
+        "vfio-pci,host=0000:01:00.3,id=hostdev3,bus=rp0,addr=0x0.3\n",
+        "vfio-pci,host=0000:03:00.0,", "vfio-pci,host=0000:00:1f.3,",
+        "tap,id=net0,fd=4,vhost=on,vhostfd=5\n",
+        "virtio-net-pci,netdev=net0,id=net0-dev,mac=52:54:00:a3:d3:f4\n"}) {
     EXPECT_NE(got.find(want), std::string::npos) << want;
   }
   EXPECT_EQ(got.find("balloon"), std::string::npos);
   EXPECT_EQ(got.find("0000:00:1f.4"), std::string::npos) << "attach:false devices stay out";
-  EXPECT_EQ(p.pinning.vcpus, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}));
+  EXPECT_EQ(p.pinning.vcpus,
+            (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}));
 }
 
 TEST(Argv, CommasInPathsAreDoubled) {
   Profile p = load_profile(std::string(PL_SOURCE_DIR) + "/tests/profiles/everything.json",
                            ProfileChecks{.files = false});
   auto argv = build_qemu_argv(p, golden_facts(p));
-  auto has = [&](const std::string& s) { return std::find(argv.begin(), argv.end(), s) != argv.end(); };
-  EXPECT_TRUE(has("vfio-pci,host=0000:0a:00.0,id=hostdev0,bus=rp0,addr=0x0.0,multifunction=on,"
-                  "romfile=/roms/my card,, v2.rom"));
+  auto has = [&](const std::string& s) {
+    return std::find(argv.begin(), argv.end(), s) != argv.end();
+  };
+  EXPECT_TRUE(
+      has("vfio-pci,host=0000:0a:00.0,id=hostdev0,bus=rp0,addr=0x0.0,multifunction=on,"
+          "romfile=/roms/my card,, v2.rom"));
   EXPECT_TRUE(has("if=pflash,format=raw,unit=0,readonly=on,file=/fw/code,, with comma.fd"));
 }
 
@@ -152,13 +157,16 @@ TEST(ArgvQemu, QemuAcceptsARichProfile) {
   bool kvm = test::kvm_works();
   std::string text = R"({"name": "rich", "accel": ")" + std::string(kvm ? "kvm" : "tcg") + R"(",
     "memory": {"size_mib": 512},
-    "cpu": {"model": ")" + std::string(kvm ? "host" : "max") + R"(", "vcpus": 2,
+    "cpu": {"model": ")" +
+                     std::string(kvm ? "host" : "max") + R"(", "vcpus": 2,
             "hypervisor_bit": false, "features": ["-arch-capabilities"]},
     "pinning": {"vcpus": [0, 1], "emulator": "0-1", "iothreads": [{"id": "io1"}]},
     "firmware": {"type": "ovmf", "code": "/usr/share/OVMF/OVMF_CODE_4M.fd",
                  "vars_template": "/usr/share/OVMF/OVMF_VARS_4M.fd"},
-    "disks": [{"path": ")" + disk + R"(", "format": "qcow2", "iothread": "io1"},
-              {"path": ")" + raw + R"(", "interface": "nvme", "readonly": true}],
+    "disks": [{"path": ")" +
+                     disk + R"(", "format": "qcow2", "iothread": "io1"},
+              {"path": ")" +
+                     raw + R"(", "interface": "nvme", "readonly": true}],
     "network": [{"type": "user", "mac": "52:54:00:00:00:09"}],
     "input": {"usb": [{"vendor": "046d", "product": "c52b"}]},
     "rtc": "localtime"})";

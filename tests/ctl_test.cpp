@@ -8,8 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "qmp/client.h"
 #include "test_util.h"
@@ -38,7 +38,9 @@ class CtlQemu : public ::testing::Test {
     args.insert(args.begin(), {"ctl", name_});
     return passlaunch_cmd(args, dir_.path());
   }
-  std::string control_socket() const { return dir_.path() + "/passlaunch/" + name_ + "/control.sock"; }
+  std::string control_socket() const {
+    return dir_.path() + "/passlaunch/" + name_ + "/control.sock";
+  }
   void TearDown() override {
     if (run_) {
       ::kill(run_->pid(), SIGINT);
@@ -55,7 +57,9 @@ TEST_F(CtlQemu, StatusPauseResumeAndRawQmp) {
   start();
   auto [code, out] = ctl({"status"});
   EXPECT_EQ(code, 0) << out;
-  EXPECT_NE(out.find(name_ + ": running, launcher pid " + std::to_string(run_->pid())), std::string::npos) << out;
+  EXPECT_NE(out.find(name_ + ": running, launcher pid " + std::to_string(run_->pid())),
+            std::string::npos)
+      << out;
 
   EXPECT_EQ(ctl({"pause"}).first, 0);
   auto [c2, st] = ctl({"qmp", "query-status"});

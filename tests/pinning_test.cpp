@@ -25,11 +25,10 @@ Pinning seed_like() {
 
 TEST(PinPlan, EveryThreadGetsItsRoleAndCpus) {
   QemuThreads q{{{0, 101}, {1, 102}, {2, 103}, {3, 104}}, {{"io1", 110}, {"io2", 111}}};
-  std::vector<ThreadInfo> threads = {{100, "qemu-system-x86"}, {101, "CPU 0/KVM"},
-                                     {102, "CPU 1/KVM"},      {103, "CPU 2/KVM"},
-                                     {104, "CPU 3/KVM"},      {110, "IO io1"},
-                                     {111, "IO io2"},         {120, "worker"},
-                                     {130, "vhost-100"}};
+  std::vector<ThreadInfo> threads = {
+      {100, "qemu-system-x86"}, {101, "CPU 0/KVM"}, {102, "CPU 1/KVM"},
+      {103, "CPU 2/KVM"},       {104, "CPU 3/KVM"}, {110, "IO io1"},
+      {111, "IO io2"},          {120, "worker"},    {130, "vhost-100"}};
   auto pins = plan_pins(seed_like(), q, threads);
   ASSERT_EQ(pins.size(), threads.size());
   std::map<pid_t, ThreadPin> by;
@@ -38,7 +37,8 @@ TEST(PinPlan, EveryThreadGetsItsRoleAndCpus) {
   EXPECT_EQ(by[103].cpus, std::vector<int>{2});
   EXPECT_EQ(by[103].label, "vCPU 2");
   EXPECT_EQ(by[110].cpus, std::vector<int>{5});
-  EXPECT_EQ(by[111].cpus, (std::vector<int>{6, 7})) << "an iothread without cpus uses the emulator set";
+  EXPECT_EQ(by[111].cpus, (std::vector<int>{6, 7}))
+      << "an iothread without cpus uses the emulator set";
   EXPECT_EQ(by[100].role, ThreadRole::kEmulator);
   EXPECT_EQ(by[120].cpus, (std::vector<int>{6, 7}));
   EXPECT_EQ(by[130].role, ThreadRole::kVhost);
@@ -92,9 +92,11 @@ TEST(PinCheck, OfflineAndCpusetCpusAreErrorsNamingThePath) {
     std::string m = e.what();
     EXPECT_EQ(e.code(), Exit::kUsage);
     EXPECT_NE(m.find("p.json: /pinning/vcpus: CPU 9 is not online on this host (online: 0-7)"),
-              std::string::npos) << m;
+              std::string::npos)
+        << m;
     EXPECT_NE(m.find("p.json: /pinning/emulator: CPU 6 is outside the launcher's cpuset"),
-              std::string::npos) << m;
+              std::string::npos)
+        << m;
   }
 }
 
@@ -132,7 +134,8 @@ std::string cpus_allowed_list(pid_t pid, pid_t tid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("Cpus_allowed_list:", 0) == 0) return line.substr(line.find_first_not_of(" \t", 18));
+    if (line.rfind("Cpus_allowed_list:", 0) == 0)
+      return line.substr(line.find_first_not_of(" \t", 18));
   }
   return "";
 }
@@ -141,12 +144,30 @@ std::string cpus_allowed_list(pid_t pid, pid_t tid) {
 TEST(PinQemu, PinsEveryThreadOfAPausedQemu) {
   if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs 2 CPUs";
   bool kvm = test::kvm_works();
-  std::vector<std::string> argv = {
-      "qemu-system-x86_64", "-name", "pintest,debug-threads=on", "-nodefaults", "-no-user-config",
-      "-S", "-display", "none", "-machine", "q35", "-accel", kvm ? "kvm" : "tcg",
-      "-cpu", kvm ? "host,-arch-capabilities" : "max", "-smp", "2", "-m", "128M",
-      "-object", "iothread,id=io1", "-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
-      "-mon", "chardev=qmp,mode=control"};
+  std::vector<std::string> argv = {"qemu-system-x86_64",
+                                   "-name",
+                                   "pintest,debug-threads=on",
+                                   "-nodefaults",
+                                   "-no-user-config",
+                                   "-S",
+                                   "-display",
+                                   "none",
+                                   "-machine",
+                                   "q35",
+                                   "-accel",
+                                   kvm ? "kvm" : "tcg",
+                                   "-cpu",
+                                   kvm ? "host,-arch-capabilities" : "max",
+                                   "-smp",
+                                   "2",
+                                   "-m",
+                                   "128M",
+                                   "-object",
+                                   "iothread,id=io1",
+                                   "-chardev",
+                                   "socket,id=qmp,fd=3,server=on,wait=off",
+                                   "-mon",
+                                   "chardev=qmp,mode=control"};
   test::PausedQemu qemu(argv);
   auto cpus = nlohmann::json::parse(qemu.execute(R"({"execute": "query-cpus-fast"})"))["return"];
   auto ios = nlohmann::json::parse(qemu.execute(R"({"execute": "query-iothreads"})"))["return"];

@@ -9,7 +9,8 @@
 namespace pl {
 namespace {
 
-const char* kMinimal = R"({"name": "t", "memory": {"size_mib": 256}, "cpu": {"model": "max", "vcpus": 2}})";
+const char* kMinimal =
+    R"({"name": "t", "memory": {"size_mib": 256}, "cpu": {"model": "max", "vcpus": 2}})";
 
 /// Parses `text` and returns the error message, or "" when it parsed.
 std::string error_of(const std::string& text) {
@@ -44,7 +45,8 @@ TEST(Profile, CommentsAreAllowed) {
 TEST(Profile, UnknownKeyNamesFileAndPath) {
   std::string e = error_of(with(R"("cpu_pinning": {})"));
   EXPECT_NE(e.find("p.json: /cpu_pinning: unknown key"), std::string::npos) << e;
-  e = error_of(R"({"name": "t", "memory": {"size_mib": 256, "hugepage": true}, "cpu": {"vcpus": 1, "model": "max"}})");
+  e = error_of(
+      R"({"name": "t", "memory": {"size_mib": 256, "hugepage": true}, "cpu": {"vcpus": 1, "model": "max"}})");
   EXPECT_NE(e.find("p.json: /memory/hugepage: unknown key"), std::string::npos) << e;
 }
 
@@ -54,30 +56,36 @@ TEST(Profile, WrongTypeSaysWhatWasExpected) {
 }
 
 TEST(Profile, BadPciAddressNamesDeviceIndex) {
-  std::string e = error_of(with(R"("accel": "kvm", "cpu_x": 1, "devices": [{"type": "vfio", "address": "0000:01:00.0"}, {"type": "vfio", "address": "01:00.1"}])"));
-  EXPECT_NE(e.find("/devices/1/address: expected a PCI address DDDD:BB:DD.F"), std::string::npos) << e;
+  std::string e = error_of(with(
+      R"("accel": "kvm", "cpu_x": 1, "devices": [{"type": "vfio", "address": "0000:01:00.0"}, {"type": "vfio", "address": "01:00.1"}])"));
+  EXPECT_NE(e.find("/devices/1/address: expected a PCI address DDDD:BB:DD.F"), std::string::npos)
+      << e;
   EXPECT_NE(e.find("\"01:00.1\""), std::string::npos) << e;
 }
 
 TEST(Profile, AllProblemsAreReportedTogether) {
-  std::string e = error_of(R"({"name": "t", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1, "model": "max"},
+  std::string e =
+      error_of(R"({"name": "t", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1, "model": "max"},
       "devices": [{"type": "vfio", "address": "zz"}], "typo": 1, "rtc": "mars"})");
   EXPECT_NE(e.find("3 problems"), std::string::npos) << e;
   EXPECT_NE(e.find("/devices/0/address"), std::string::npos) << e;
   EXPECT_NE(e.find("/typo: unknown key"), std::string::npos) << e;
-  EXPECT_NE(e.find("/rtc: expected one of \"utc\", \"localtime\", got \"mars\""), std::string::npos) << e;
+  EXPECT_NE(e.find("/rtc: expected one of \"utc\", \"localtime\", got \"mars\""), std::string::npos)
+      << e;
 }
 
 TEST(Profile, BadCpuListIsRejected) {
   std::string e = error_of(with(R"("pinning": {"vcpus": "0-1", "emulator": "3-2"})"));
   EXPECT_NE(e.find("/pinning/emulator: expected a CPU list such as \"0-15,17\", got \"3-2\""),
-            std::string::npos) << e;
+            std::string::npos)
+      << e;
 }
 
 TEST(Profile, VcpuPinCountMustMatchVcpus) {
   std::string e = error_of(with(R"("pinning": {"vcpus": "0-2"})"));
   EXPECT_NE(e.find("/pinning/vcpus: expected one host CPU per vCPU (2 from /cpu/vcpus), got 3"),
-            std::string::npos) << e;
+            std::string::npos)
+      << e;
 }
 
 TEST(Profile, CpuPinnedTwiceIsAnError) {
@@ -92,18 +100,21 @@ TEST(Profile, BadAndDuplicateMacs) {
   EXPECT_NE(e.find("/network/0/mac: expected a unicast MAC address"), std::string::npos) << e;
   EXPECT_NE(e.find("/network/1/mac: expected a unicast MAC address"), std::string::npos) << e;
   EXPECT_NE(e.find("/network/3/mac: MAC 52:54:00:00:00:02 is also used by /network/2"),
-            std::string::npos) << e;
+            std::string::npos)
+      << e;
 }
 
 TEST(Profile, MissingFilesAreNamed) {
-  std::string text = with(R"("kernel": {"path": "/nonexistent/vmlinuz"}, "disks": [{"path": "/nonexistent/d.qcow2", "format": "qcow2"}])");
+  std::string text = with(
+      R"("kernel": {"path": "/nonexistent/vmlinuz"}, "disks": [{"path": "/nonexistent/d.qcow2", "format": "qcow2"}])");
   try {
     parse_profile(text, "p.json");
     FAIL() << "expected an error";
   } catch (const Error& e) {
     std::string m = e.what();
     EXPECT_NE(m.find("/kernel/path: file not found: /nonexistent/vmlinuz"), std::string::npos) << m;
-    EXPECT_NE(m.find("/disks/0/path: file not found: /nonexistent/d.qcow2"), std::string::npos) << m;
+    EXPECT_NE(m.find("/disks/0/path: file not found: /nonexistent/d.qcow2"), std::string::npos)
+        << m;
   }
 }
 
@@ -115,12 +126,16 @@ TEST(Profile, RelativePathsAreTakenFromTheProfileDirectory) {
 
 TEST(Profile, CrossSectionRules) {
   EXPECT_NE(error_of(with(R"("accel": "tcg", "cpu_": 1)")).find("unknown key"), std::string::npos);
-  std::string e = error_of(R"({"name": "t", "accel": "tcg", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1}})");
+  std::string e = error_of(
+      R"({"name": "t", "accel": "tcg", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1}})");
   EXPECT_NE(e.find("/cpu/model: \"host\" needs accel \"kvm\""), std::string::npos) << e;
   e = error_of(with(R"("disks": [{"path": "/d", "iothread": "nope"}])"));
   EXPECT_NE(e.find("/disks/0/iothread: expected the id of an iothread"), std::string::npos) << e;
-  e = error_of(R"({"name": "t", "memory": {"size_mib": 256}, "cpu": {"vcpus": 6, "topology": {"sockets": 1, "cores": 2, "threads": 2}}})");
-  EXPECT_NE(e.find("/cpu/topology: sockets x cores x threads must equal vcpus (6)"), std::string::npos) << e;
+  e = error_of(
+      R"({"name": "t", "memory": {"size_mib": 256}, "cpu": {"vcpus": 6, "topology": {"sockets": 1, "cores": 2, "threads": 2}}})");
+  EXPECT_NE(e.find("/cpu/topology: sockets x cores x threads must equal vcpus (6)"),
+            std::string::npos)
+      << e;
 }
 
 TEST(Profile, InvalidJsonIsOneClearError) {
@@ -129,7 +144,8 @@ TEST(Profile, InvalidJsonIsOneClearError) {
 }
 
 TEST(Profile, NameMustBeSafeForPaths) {
-  std::string e = error_of(R"({"name": "../x", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1, "model": "max"}})");
+  std::string e = error_of(
+      R"({"name": "../x", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1, "model": "max"}})");
   EXPECT_NE(e.find("/name: expected letters, digits"), std::string::npos) << e;
 }
 

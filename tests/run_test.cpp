@@ -31,7 +31,8 @@ using namespace std::chrono_literals;
 std::string cpus_allowed(pid_t pid, pid_t tid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
   for (std::string line; std::getline(in, line);) {
-    if (line.rfind("Cpus_allowed_list:", 0) == 0) return line.substr(line.find_first_not_of(" \t", 18));
+    if (line.rfind("Cpus_allowed_list:", 0) == 0)
+      return line.substr(line.find_first_not_of(" \t", 18));
   }
   return "";
 }
@@ -107,7 +108,8 @@ TEST_F(RunQemu, BootsPinnedAndPowersOffOnSigterm) {
 }
 
 TEST_F(RunQemu, GuestIgnoringPowerButtonIsQuitAfterTimeout) {
-  Passlaunch run({"run", write_profile(guest_profile(name_, "ignore-powerdown", "", 3))}, dir_.path());
+  Passlaunch run({"run", write_profile(guest_profile(name_, "ignore-powerdown", "", 3))},
+                 dir_.path());
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   pid_t qemu = qemu_pid();
   auto t0 = Clock::now();
@@ -121,7 +123,8 @@ TEST_F(RunQemu, GuestIgnoringPowerButtonIsQuitAfterTimeout) {
 }
 
 TEST_F(RunQemu, SecondSignalQuitsAtOnce) {
-  Passlaunch run({"run", write_profile(guest_profile(name_, "ignore-powerdown", "", 120))}, dir_.path());
+  Passlaunch run({"run", write_profile(guest_profile(name_, "ignore-powerdown", "", 120))},
+                 dir_.path());
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   ::kill(run.pid(), SIGINT);
   ASSERT_TRUE(run.out().wait_for("shutting the guest down"));
@@ -136,7 +139,8 @@ TEST_F(RunQemu, QemuKilledIsReportedAsCrash) {
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   ::kill(qemu_pid(), SIGKILL);
   EXPECT_EQ(run.wait(30s), 5) << run.out().text();
-  EXPECT_NE(run.out().text().find("killed by signal SIGKILL"), std::string::npos) << run.out().text();
+  EXPECT_NE(run.out().text().find("killed by signal SIGKILL"), std::string::npos)
+      << run.out().text();
   EXPECT_FALSE(fs::exists(runtime()));
 }
 
@@ -147,7 +151,9 @@ TEST_F(RunQemu, SecondRunOfSameNameIsRefused) {
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   auto [code, out] = passlaunch_cmd({"run", profile}, dir_.path());
   EXPECT_EQ(code, 1) << out;
-  EXPECT_NE(out.find("is already running (pid " + std::to_string(run.pid()) + ")"), std::string::npos) << out;
+  EXPECT_NE(out.find("is already running (pid " + std::to_string(run.pid()) + ")"),
+            std::string::npos)
+      << out;
   EXPECT_TRUE(alive(qemu_pid())) << "the first VM is untouched";
   ::kill(run.pid(), SIGTERM);
   EXPECT_EQ(run.wait(60s), 0) << run.out().text();
@@ -166,16 +172,23 @@ TEST_F(RunQemu, StaleLockOfADeadLauncherIsCleared) {
 TEST_F(RunQemu, QemuRefusingToStartIsAStartupFailure) {
   std::string bad = dir_.path() + "/not-a.qcow2";
   std::ofstream(bad) << "this is not a qcow2 image";
-  Passlaunch run({"run", write_profile(guest_profile(name_, "normal",
-      R"(, "disks": [{"path": ")" + bad + R"(", "format": "qcow2"}])"))}, dir_.path());
+  Passlaunch run({"run", write_profile(guest_profile(
+                             name_, "normal",
+                             R"(, "disks": [{"path": ")" + bad + R"(", "format": "qcow2"}])"))},
+                 dir_.path());
   EXPECT_EQ(run.wait(60s), 8) << run.out().text();
-  EXPECT_NE(run.out().text().find("before the guest started"), std::string::npos) << run.out().text();
+  EXPECT_NE(run.out().text().find("before the guest started"), std::string::npos)
+      << run.out().text();
   EXPECT_NE(run.out().text().find("qcow2"), std::string::npos) << "QEMU's own message is shown";
   EXPECT_FALSE(fs::exists(runtime()));
 }
 
 TEST_F(RunQemu, BadProfileStartsNothing) {
-  auto [code, out] = passlaunch_cmd({"run", write_profile(R"({"name": "x", "cpu": {"vcpus": 2}, "memory": {"size_mib": 64}, "pinning": {"vcpus": [1, 1]}})")}, dir_.path());
+  auto [code, out] = passlaunch_cmd(
+      {"run",
+       write_profile(
+           R"({"name": "x", "cpu": {"vcpus": 2}, "memory": {"size_mib": 64}, "pinning": {"vcpus": [1, 1]}})")},
+      dir_.path());
   EXPECT_EQ(code, 2) << out;
   EXPECT_NE(out.find("/pinning/vcpus: host CPU 1 is pinned twice"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir_.path() + "/passlaunch/x"));
@@ -224,12 +237,14 @@ class NetNs {
 TEST_F(RunQemu, MacvtapIsCreatedForTheGuestAndRemovedAfterShutdown) {
   NetNs ns;
   ASSERT_TRUE(ns.ok()) << "ip netns is needed";
-  std::string profile = write_profile(guest_profile(name_, "normal",
+  std::string profile = write_profile(guest_profile(
+      name_, "normal",
       R"(, "network": [{"type": "macvtap", "link": "pl-veth0", "mode": "bridge", "mac": "52:54:00:a3:d3:f5"}])"));
   Passlaunch run({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile}, dir_.path(),
                  /*raw=*/true);
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
-  EXPECT_NE(run.out().text().find("passlaunch-guest: net eth0 52:54:00:a3:d3:f5"), std::string::npos);
+  EXPECT_NE(run.out().text().find("passlaunch-guest: net eth0 52:54:00:a3:d3:f5"),
+            std::string::npos);
   std::string links = ns.links();
   EXPECT_NE(links.find("pl-" + name_ + "-0@pl-veth0"), std::string::npos) << links;
   EXPECT_NE(links.find("macvtap mode bridge"), std::string::npos) << links;
@@ -243,9 +258,11 @@ TEST_F(RunQemu, MacvtapIsCreatedForTheGuestAndRemovedAfterShutdown) {
 TEST_F(RunQemu, MacvtapOnAMissingLinkStartsNothing) {
   NetNs ns;
   ASSERT_TRUE(ns.ok());
-  std::string profile = write_profile(guest_profile(name_, "normal",
+  std::string profile = write_profile(guest_profile(
+      name_, "normal",
       R"(, "network": [{"type": "macvtap", "link": "pl-nosuch", "mac": "52:54:00:a3:d3:f5"}])"));
-  Passlaunch run({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile}, dir_.path(), true);
+  Passlaunch run({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile}, dir_.path(),
+                 true);
   EXPECT_EQ(run.wait(30s), 2) << run.out().text();
   EXPECT_NE(run.out().text().find("/network/0/link"), std::string::npos) << run.out().text();
   EXPECT_EQ(ns.links().find("macvtap"), std::string::npos);

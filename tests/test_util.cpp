@@ -9,9 +9,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <cstring>
 #include <stdexcept>
 #include <thread>
 
@@ -104,7 +104,8 @@ PausedQemu::PausedQemu(const std::vector<std::string>& argv) {
   std::string name = "passlaunch-test-" + std::to_string(::getpid()) + "-" + std::to_string(rand());
   std::memcpy(addr.sun_path + 1, name.data(), name.size());
   socklen_t len = offsetof(sockaddr_un, sun_path) + 1 + name.size();
-  if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(listener, 1) != 0) {
+  if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      ::listen(listener, 1) != 0) {
     throw std::runtime_error("cannot listen for QMP");
   }
   auto [err_rd, err_wr] = make_pipe();
@@ -159,9 +160,11 @@ std::string guest_profile(const std::string& name, const std::string& variant,
   return R"({"name": ")" + name + R"(", "accel": "tcg", "memory": {"size_mib": 256},
     "cpu": {"model": "max", "vcpus": 1},
     "pinning": {"vcpus": [1], "emulator": "0", "iothreads": [{"id": "io0", "cpus": "1"}]},
-    "kernel": {"path": ")" + guest_kernel() + R"(", "initrd": ")" + guest_initrd(variant) +
+    "kernel": {"path": ")" +
+         guest_kernel() + R"(", "initrd": ")" + guest_initrd(variant) +
          R"(", "append": "console=ttyS0 quiet"},
-    "serial": "log", "shutdown_timeout_s": )" + std::to_string(timeout_s) + extra + "}";
+    "serial": "log", "shutdown_timeout_s": )" +
+         std::to_string(timeout_s) + extra + "}";
 }
 
 Output::~Output() { ::close(fd_); }

@@ -93,8 +93,8 @@ bool wait_gone(const std::string& name, std::chrono::steady_clock::time_point de
 int wait_until_stopped(Control& c, int timeout_s) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   if (!wait_gone(c.name(), deadline)) {
-    throw Error(Exit::kEnvironment, "VM \"" + c.name() + "\" still runs after " +
-                                        std::to_string(timeout_s) + " s",
+    throw Error(Exit::kEnvironment,
+                "VM \"" + c.name() + "\" still runs after " + std::to_string(timeout_s) + " s",
                 "`passlaunch ctl " + c.name() + " poweroff` quits it at once");
   }
   std::cout << c.name() << ": stopped\n";
@@ -165,7 +165,9 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
         std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", std::localtime(&t));
         std::printf("%-20s %-10s %12s  %s\n", s.value("name", "").c_str(),
                     d.value("node-name", "").c_str(),
-                    s.value("vm-state-size", 0L) ? (std::to_string(s.value("vm-state-size", 0L) >> 20) + " MiB").c_str() : "-",
+                    s.value("vm-state-size", 0L)
+                        ? (std::to_string(s.value("vm-state-size", 0L) >> 20) + " MiB").c_str()
+                        : "-",
                     date);
       }
       const json* img = &d["image"];
@@ -184,10 +186,13 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
   if (vfio) {
     // VFIO devices cannot save their state: only the disks can be kept.
     if (op != "save") {
-      throw Error(Exit::kFailed, "VM \"" + c.name() + "\" has VFIO devices: its snapshots are "
-                                                      "external disk overlays, which passlaunch "
-                                                      "does not " + op + "; the VM state is never "
-                                                      "included");
+      throw Error(Exit::kFailed, "VM \"" + c.name() +
+                                     "\" has VFIO devices: its snapshots are "
+                                     "external disk overlays, which passlaunch "
+                                     "does not " +
+                                     op +
+                                     "; the VM state is never "
+                                     "included");
     }
     for (const json& d : disks) {
       std::string node = d.value("node-name", "");
@@ -207,9 +212,11 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
   for (const json& d : disks) nodes.push_back(d.value("node-name", ""));
   std::string job = "passlaunch-" + op + "-" + std::to_string(::getpid());
   if (op == "save") {
-    run_job(c, "snapshot-save", {{"job-id", job}, {"tag", tag}, {"vmstate", nodes[0]}, {"devices", nodes}}, job);
+    run_job(c, "snapshot-save",
+            {{"job-id", job}, {"tag", tag}, {"vmstate", nodes[0]}, {"devices", nodes}}, job);
   } else if (op == "load") {
-    run_job(c, "snapshot-load", {{"job-id", job}, {"tag", tag}, {"vmstate", nodes[0]}, {"devices", nodes}}, job);
+    run_job(c, "snapshot-load",
+            {{"job-id", job}, {"tag", tag}, {"vmstate", nodes[0]}, {"devices", nodes}}, job);
   } else {
     // QEMU deletes a missing tag without complaint: say so ourselves.
     bool found = false;
@@ -224,7 +231,11 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
     }
     run_job(c, "snapshot-delete", {{"job-id", job}, {"tag", tag}, {"devices", nodes}}, job);
   }
-  std::cout << c.name() << ": snapshot \"" << tag << "\" " << (op == "save" ? "saved" : op == "load" ? "loaded" : "deleted") << "\n";
+  std::cout << c.name() << ": snapshot \"" << tag << "\" "
+            << (op == "save"   ? "saved"
+                : op == "load" ? "loaded"
+                               : "deleted")
+            << "\n";
   return 0;
 }
 
@@ -272,9 +283,10 @@ void add_ctl_commands(CLI::App& app, Action& action) {
         auto num = [&](const char* k) {
           return v.status.contains(k) ? std::to_string(v.status[k].get<long>()) : std::string("-");
         };
-        std::printf("%-16s %8s %8s  %-12s %s\n", v.name.c_str(), num("launcher-pid").c_str(),
-                    num("qemu-pid").c_str(), v.status.value("status", "?").c_str(),
-                    v.status.contains("uptime-s") ? format_uptime(v.status["uptime-s"]).c_str() : "-");
+        std::printf(
+            "%-16s %8s %8s  %-12s %s\n", v.name.c_str(), num("launcher-pid").c_str(),
+            num("qemu-pid").c_str(), v.status.value("status", "?").c_str(),
+            v.status.contains("uptime-s") ? format_uptime(v.status["uptime-s"]).c_str() : "-");
       }
       return 0;
     };
@@ -316,8 +328,10 @@ void add_ctl_commands(CLI::App& app, Action& action) {
       return 0;
     };
   });
-  CLI::App* shutdown = ctl->add_subcommand("shutdown", "Graceful shutdown (as SIGTERM); waits until the VM is gone");
-  shutdown->add_option("--timeout", o->timeout, "Seconds before QEMU is quit (default: the profile's)")
+  CLI::App* shutdown =
+      ctl->add_subcommand("shutdown", "Graceful shutdown (as SIGTERM); waits until the VM is gone");
+  shutdown
+      ->add_option("--timeout", o->timeout, "Seconds before QEMU is quit (default: the profile's)")
       ->check(CLI::PositiveNumber);
   shutdown->callback([o, &action] {
     action = [o]() -> int {
@@ -341,7 +355,8 @@ void add_ctl_commands(CLI::App& app, Action& action) {
   simple("pause", "Pause the guest (stop)", "stop");
   simple("resume", "Resume the guest (cont)", "cont");
 
-  CLI::App* raw = ctl->add_subcommand("qmp", "Run any QMP command; prints its return value as JSON");
+  CLI::App* raw =
+      ctl->add_subcommand("qmp", "Run any QMP command; prints its return value as JSON");
   raw->add_option("COMMAND", o->command, "QMP command")->required();
   raw->add_option("ARGS", o->args, "Arguments as a JSON object");
   raw->callback([o, &action] {
@@ -353,7 +368,8 @@ void add_ctl_commands(CLI::App& app, Action& action) {
         } catch (const json::parse_error& e) {
           throw Error(Exit::kUsage, "ARGS is not valid JSON: " + std::string(e.what()));
         }
-        if (!args.is_object()) throw Error(Exit::kUsage, "ARGS must be a JSON object, got " + o->args);
+        if (!args.is_object())
+          throw Error(Exit::kUsage, "ARGS must be a JSON object, got " + o->args);
       }
       Control c(o->name);
       std::cout << c.execute(o->command, args).dump() << "\n";

@@ -15,14 +15,14 @@ namespace pl {
 /// Exit codes, documented once here and in README.md ("Exit codes").
 enum class Exit : int {
   kOk = 0,
-  kFailed = 1,        ///< The operation failed: QMP error reply, pin failure, a host step failed.
-  kUsage = 2,         ///< Bad usage or invalid input: profile, arguments, files.
-  kEnvironment = 3,   ///< Environment or connection: QEMU missing, socket, protocol, timeout.
-  kHostDirty = 4,     ///< The host holds unrestored changes from an earlier run.
-  kQemuCrashed = 5,   ///< run: QEMU died on its own (signal or non-zero status).
-  kGuestPanic = 6,    ///< run: the guest reported GUEST_PANICKED.
-  kForcedQuit = 7,    ///< run: the guest did not shut down in time and was quit.
-  kStartupFailed = 8, ///< run: QEMU exited or refused before the guest started.
+  kFailed = 1,         ///< The operation failed: QMP error reply, pin failure, a host step failed.
+  kUsage = 2,          ///< Bad usage or invalid input: profile, arguments, files.
+  kEnvironment = 3,    ///< Environment or connection: QEMU missing, socket, protocol, timeout.
+  kHostDirty = 4,      ///< The host holds unrestored changes from an earlier run.
+  kQemuCrashed = 5,    ///< run: QEMU died on its own (signal or non-zero status).
+  kGuestPanic = 6,     ///< run: the guest reported GUEST_PANICKED.
+  kForcedQuit = 7,     ///< run: the guest did not shut down in time and was quit.
+  kStartupFailed = 8,  ///< run: QEMU exited or refused before the guest started.
 };
 
 inline int exit_code(Exit e) { return static_cast<int>(e); }

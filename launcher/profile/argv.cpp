@@ -26,9 +26,9 @@ std::string cpu_option(const Profile& p) {
   if (!p.cpu.hypervisor_bit) parts.push_back("hypervisor=off");
   const HypervConfig& hv = p.cpu.hyperv;
   if (hv.enlightenments) {
-    for (const char* flag : {"hv-relaxed=on", "hv-vapic=on", "hv-spinlocks=0x1fff", "hv-vpindex=on",
-                             "hv-runtime=on", "hv-synic=on", "hv-stimer=on", "hv-reset=on",
-                             "hv-frequencies=on", "hv-time=on"}) {
+    for (const char* flag :
+         {"hv-relaxed=on", "hv-vapic=on", "hv-spinlocks=0x1fff", "hv-vpindex=on", "hv-runtime=on",
+          "hv-synic=on", "hv-stimer=on", "hv-reset=on", "hv-frequencies=on", "hv-time=on"}) {
       parts.push_back(flag);
     }
   }
@@ -140,8 +140,8 @@ void add_inputs(const Profile& p, Argv& a) {
   if (!p.usb.empty()) {
     a.add({"-device", "qemu-xhci,id=usb"});
     for (const UsbHostDevice& u : p.usb) {
-      a.add({"-device", "usb-host,bus=usb.0,vendorid=" + hex4(u.vendor) + ",productid=" +
-                            hex4(u.product)});
+      a.add({"-device",
+             "usb-host,bus=usb.0,vendorid=" + hex4(u.vendor) + ",productid=" + hex4(u.product)});
     }
   }
 }
@@ -162,8 +162,8 @@ std::vector<std::string> build_qemu_argv(const Profile& p, const HostFacts& f) {
   a.add({"-accel", f.accel == Accel::kKvm ? "kvm" : "tcg"});
   a.add({"-cpu", cpu_option(p)});
   const CpuConfig& c = p.cpu;
-  a.add({"-smp", std::to_string(c.vcpus) + ",sockets=" + std::to_string(c.sockets) +
-                     ",cores=" + std::to_string(c.cores) + ",threads=" + std::to_string(c.threads)});
+  a.add({"-smp", std::to_string(c.vcpus) + ",sockets=" + std::to_string(c.sockets) + ",cores=" +
+                     std::to_string(c.cores) + ",threads=" + std::to_string(c.threads)});
   a.add({"-m", std::to_string(p.memory_mib) + "M"});
   if (p.hugepages) {
     a.add({"-object", "memory-backend-file,id=mem0,size=" + std::to_string(p.memory_mib) +
@@ -172,7 +172,8 @@ std::vector<std::string> build_qemu_argv(const Profile& p, const HostFacts& f) {
   for (const IoThread& t : p.pinning.iothreads) a.add({"-object", "iothread,id=" + t.id});
 
   if (p.firmware.type == Firmware::Type::kOvmf) {
-    a.add({"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + qemu_escape(p.firmware.code)});
+    a.add(
+        {"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + qemu_escape(p.firmware.code)});
     a.add({"-drive", "if=pflash,format=raw,unit=1,file=" + qemu_escape(f.ovmf_vars)});
   }
   if (p.kernel) {
@@ -188,8 +189,8 @@ std::vector<std::string> build_qemu_argv(const Profile& p, const HostFacts& f) {
   if (f.qmp_fd >= 0) {
     a.add({"-chardev", "socket,id=qmp,fd=" + std::to_string(f.qmp_fd) + ",server=on,wait=off"});
   } else {
-    a.add({"-chardev",
-           "socket,id=qmp,path=" + qemu_escape(f.runtime_dir + "/qmp.sock") + ",server=on,wait=off"});
+    a.add({"-chardev", "socket,id=qmp,path=" + qemu_escape(f.runtime_dir + "/qmp.sock") +
+                           ",server=on,wait=off"});
   }
   a.add({"-mon", "chardev=qmp,mode=control"});
   if (p.serial_log) {

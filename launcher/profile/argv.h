@@ -18,9 +18,9 @@ struct NetFds {
 /// What the launcher knows or has decided about this run on this host.
 struct HostFacts {
   std::string qemu_binary = "qemu-system-x86_64";
-  std::string runtime_dir;  ///< private directory of this VM (sockets)
-  int qmp_fd = -1;          ///< listening QMP socket QEMU inherits; -1: runtime_dir/qmp.sock
-  Accel accel = Accel::kTcg;  ///< resolved: never kAuto
+  std::string runtime_dir;      ///< private directory of this VM (sockets)
+  int qmp_fd = -1;              ///< listening QMP socket QEMU inherits; -1: runtime_dir/qmp.sock
+  Accel accel = Accel::kTcg;    ///< resolved: never kAuto
   std::vector<NetFds> net_fds;  ///< one per macvtap/bridge entry of profile.network, in order
   std::string ovmf_vars;        ///< this VM's copy of the OVMF variables
 };

@@ -151,7 +151,8 @@ class Obj {
     return true;
   }
   /// A string that must be one of `choices`.
-  void choice(const std::string& key, std::string& out, std::initializer_list<const char*> choices) {
+  void choice(const std::string& key, std::string& out,
+              std::initializer_list<const char*> choices) {
     std::string value;
     const json* v = raw(key);
     if (!v) return;
@@ -271,8 +272,10 @@ void parse_cpu(Obj& o, CpuConfig& cpu) {
   o.array("features", [&](const json& e, const std::string& p) {
     static const std::regex re("[+-][a-z0-9][a-z0-9_.-]*");
     if (!e.is_string() || !std::regex_match(e.get<std::string>(), re)) {
-      o.problems().add(p, "expected a CPU feature toggle such as \"-arch-capabilities\" or "
-                          "\"+invtsc\", got " + e.dump());
+      o.problems().add(p,
+                       "expected a CPU feature toggle such as \"-arch-capabilities\" or "
+                       "\"+invtsc\", got " +
+                           e.dump());
     } else {
       cpu.features.push_back(e.get<std::string>());
     }
@@ -290,13 +293,11 @@ void parse_cpu(Obj& o, CpuConfig& cpu) {
     }
   }
   int per_socket = cpu.sockets * cpu.threads;
-  if (cpu.cores == 0) cpu.cores = per_socket > 0 && cpu.vcpus % per_socket == 0
-                                      ? cpu.vcpus / per_socket
-                                      : 0;
+  if (cpu.cores == 0)
+    cpu.cores = per_socket > 0 && cpu.vcpus % per_socket == 0 ? cpu.vcpus / per_socket : 0;
   if (cpu.cores == 0 || cpu.sockets * cpu.cores * cpu.threads != cpu.vcpus) {
-    o.problems().add(o.path("topology"),
-                     "sockets x cores x threads must equal vcpus (" + std::to_string(cpu.vcpus) +
-                         ")");
+    o.problems().add(o.path("topology"), "sockets x cores x threads must equal vcpus (" +
+                                             std::to_string(cpu.vcpus) + ")");
   }
 }
 
@@ -327,11 +328,14 @@ void parse_pinning(Obj& o, Profile& p) {
     io.cpus("cpus", t.cpus);
     static const std::regex re("[A-Za-z][A-Za-z0-9_-]{0,31}");
     if (io.valid() && !std::regex_match(t.id, re)) {
-      o.problems().add(io.path("id"), "expected a letter then letters, digits, '-' or '_' (at "
-                                      "most 32), got \"" + t.id + "\"");
+      o.problems().add(io.path("id"),
+                       "expected a letter then letters, digits, '-' or '_' (at "
+                       "most 32), got \"" +
+                           t.id + "\"");
     }
     for (const IoThread& other : pin.iothreads) {
-      if (other.id == t.id) o.problems().add(io.path("id"), "iothread \"" + t.id + "\" defined twice");
+      if (other.id == t.id)
+        o.problems().add(io.path("id"), "iothread \"" + t.id + "\" defined twice");
     }
     pin.iothreads.push_back(std::move(t));
   });
@@ -385,8 +389,10 @@ void parse_disks(Obj& o, Profile& p, const ProfileChecks& checks) {
       bool known = std::any_of(p.pinning.iothreads.begin(), p.pinning.iothreads.end(),
                                [&](const IoThread& t) { return t.id == disk.iothread; });
       if (!known) {
-        o.problems().add(d.path("iothread"), "expected the id of an iothread in "
-                                             "/pinning/iothreads, got \"" + disk.iothread + "\"");
+        o.problems().add(d.path("iothread"),
+                         "expected the id of an iothread in "
+                         "/pinning/iothreads, got \"" +
+                             disk.iothread + "\"");
       }
       if (disk.interface != "virtio") {
         o.problems().add(d.path("iothread"), "only virtio disks run on an iothread");
@@ -415,20 +421,25 @@ void parse_network(Obj& o, Profile& p) {
     static const std::regex ifname("[A-Za-z0-9_.:-]{1,15}");
     for (auto [key, value] : {std::pair{"link", &net.link}, std::pair{"bridge", &net.bridge}}) {
       if (!value->empty() && !std::regex_match(*value, ifname)) {
-        o.problems().add(n.path(key), "expected a network interface name (1-15 characters), "
-                                      "got \"" + *value + "\"");
+        o.problems().add(n.path(key),
+                         "expected a network interface name (1-15 characters), "
+                         "got \"" +
+                             *value + "\"");
       }
     }
     n.str("mac", net.mac);
     if (!net.mac.empty()) {
       if (!valid_mac(net.mac)) {
-        o.problems().add(n.path("mac"), "expected a unicast MAC address such as "
-                                        "\"52:54:00:a3:d3:f4\", got \"" + net.mac + "\"");
+        o.problems().add(n.path("mac"),
+                         "expected a unicast MAC address such as "
+                         "\"52:54:00:a3:d3:f4\", got \"" +
+                             net.mac + "\"");
       } else {
         std::string lower = net.mac;
         std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
         auto [it, fresh] = macs.emplace(lower, path);
-        if (!fresh) o.problems().add(n.path("mac"), "MAC " + net.mac + " is also used by " + it->second);
+        if (!fresh)
+          o.problems().add(n.path("mac"), "MAC " + net.mac + " is also used by " + it->second);
       }
     }
     n.choice("model", net.model, {"virtio-net-pci", "e1000e", "rtl8139"});
@@ -446,9 +457,9 @@ void parse_inputs(Obj& o, Profile& p, const ProfileChecks& checks) {
       check_file(o.problems(), ev.path("path"), dev.path, checks);
       ev.boolean("grab_all", dev.grab_all);
       ev.boolean("repeat", dev.repeat);
-      ev.choice("grab_toggle", dev.grab_toggle,
-                {"ctrl-ctrl", "alt-alt", "shift-shift", "meta-meta", "scrolllock",
-                 "ctrl-scrolllock"});
+      ev.choice(
+          "grab_toggle", dev.grab_toggle,
+          {"ctrl-ctrl", "alt-alt", "shift-shift", "meta-meta", "scrolllock", "ctrl-scrolllock"});
       p.evdev.push_back(dev);
     });
     input.array("usb", [&](const json& e, const std::string& path) {
@@ -459,10 +470,12 @@ void parse_inputs(Obj& o, Profile& p, const ProfileChecks& checks) {
       UsbHostDevice dev;
       auto v = parse_hex16(vendor), d = parse_hex16(product);
       if (u.valid() && !vendor.empty() && !v) {
-        o.problems().add(u.path("vendor"), "expected 4 hex digits such as \"046d\", got \"" + vendor + "\"");
+        o.problems().add(u.path("vendor"),
+                         "expected 4 hex digits such as \"046d\", got \"" + vendor + "\"");
       }
       if (u.valid() && !product.empty() && !d) {
-        o.problems().add(u.path("product"), "expected 4 hex digits such as \"c52b\", got \"" + product + "\"");
+        o.problems().add(u.path("product"),
+                         "expected 4 hex digits such as \"c52b\", got \"" + product + "\"");
       }
       if (v && d) p.usb.push_back({*v, *d});
     });
@@ -496,8 +509,8 @@ void cross_check(Profile& p, Problems& problems) {
   if (p.firmware.type == Firmware::Type::kOvmf && p.machine != "q35") {
     problems.add("/machine", "OVMF firmware is used with \"q35\" here");
   }
-  bool any_attached = std::any_of(p.devices.begin(), p.devices.end(),
-                                  [](const VfioDevice& d) { return d.attach; });
+  bool any_attached =
+      std::any_of(p.devices.begin(), p.devices.end(), [](const VfioDevice& d) { return d.attach; });
   if (any_attached && p.machine != "q35") {
     problems.add("/machine", "passthrough devices sit behind PCIe root ports: use \"q35\"");
   }
@@ -511,8 +524,7 @@ void cross_check(Profile& p, Problems& problems) {
 
 }  // namespace
 
-Profile parse_profile(std::string_view text, const std::string& file,
-                      const ProfileChecks& checks) {
+Profile parse_profile(std::string_view text, const std::string& file, const ProfileChecks& checks) {
   json root;
   try {
     root = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/true,
@@ -531,8 +543,10 @@ Profile parse_profile(std::string_view text, const std::string& file,
     o.str("name", p.name, true);
     static const std::regex name_re("[A-Za-z0-9][A-Za-z0-9_.-]{0,63}");
     if (o.valid() && !p.name.empty() && !std::regex_match(p.name, name_re)) {
-      problems.add("/name", "expected letters, digits, '.', '_' or '-' (at most 64, not "
-                            "starting with a symbol), got \"" + p.name + "\"");
+      problems.add("/name",
+                   "expected letters, digits, '.', '_' or '-' (at most 64, not "
+                   "starting with a symbol), got \"" +
+                       p.name + "\"");
     }
     std::string accel = "auto";
     o.choice("accel", accel, {"kvm", "tcg", "auto"});
@@ -600,7 +614,8 @@ Profile parse_profile(std::string_view text, const std::string& file,
     std::string msg = file + ": " + std::to_string(problems.list().size()) + " problem" +
                       (problems.list().size() == 1 ? "" : "s") + " in the profile:";
     for (const std::string& line : problems.list()) msg += "\n  " + file + ": " + line;
-    throw Error(Exit::kUsage, msg, "nothing was started; fields are described in profiles/README.md");
+    throw Error(Exit::kUsage, msg,
+                "nothing was started; fields are described in profiles/README.md");
   }
   return p;
 }

@@ -41,7 +41,7 @@ struct CpuConfig {
   int sockets = 1;
   int cores = 0;  ///< 0: vcpus / (sockets * threads)
   int threads = 1;
-  bool hypervisor_bit = true;          ///< false: hide the CPUID hypervisor bit
+  bool hypervisor_bit = true;         ///< false: hide the CPUID hypervisor bit
   std::vector<std::string> features;  ///< "+name" / "-name" toggles, in order
   HypervConfig hyperv;
 };
@@ -78,18 +78,18 @@ struct VfioDevice {
 
 struct Disk {
   std::string path;
-  std::string format = "raw";   ///< raw | qcow2
+  std::string format = "raw";        ///< raw | qcow2
   std::string interface = "virtio";  ///< virtio | nvme
-  std::string iothread;         ///< id of an iothread, empty for none
+  std::string iothread;              ///< id of an iothread, empty for none
   bool readonly = false;
 };
 
 struct NetDevice {
   enum class Type { kMacvtap, kBridge, kUser } type = Type::kUser;
-  std::string link;    ///< macvtap: lower device
+  std::string link;             ///< macvtap: lower device
   std::string mode = "bridge";  ///< macvtap mode: bridge | vepa | private | passthru
-  std::string bridge;  ///< bridge: the existing bridge
-  std::string mac;     ///< "52:54:00:..." (empty: QEMU's default)
+  std::string bridge;           ///< bridge: the existing bridge
+  std::string mac;              ///< "52:54:00:..." (empty: QEMU's default)
   std::string model = "virtio-net-pci";
 };
 
@@ -113,8 +113,8 @@ struct HostConfig {
   bool unbind_vtconsoles = true;
   bool unbind_framebuffer = true;
   bool rebind_vtconsoles = true;
-  bool isolate_cpus = false;    ///< restrict system/user slices to the non-VM CPUs
-  std::string governor;         ///< e.g. "performance" for the VM's CPUs; empty: leave
+  bool isolate_cpus = false;  ///< restrict system/user slices to the non-VM CPUs
+  std::string governor;       ///< e.g. "performance" for the VM's CPUs; empty: leave
   std::string prepare_hook;
   std::string release_hook;
 };

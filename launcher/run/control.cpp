@@ -78,7 +78,8 @@ awaitable<void> ControlServer::accept_loop() {
     auto s = std::make_shared<Session>(std::move(sock));
     sessions_.push_back(s);
     const qmp::Greeting& g = qemu_.greeting();
-    json version = g.raw.is_object() && g.raw.contains("QMP") ? g.raw["QMP"]["version"] : json::object();
+    json version =
+        g.raw.is_object() && g.raw.contains("QMP") ? g.raw["QMP"]["version"] : json::object();
     send(s, {{"QMP", {{"version", version}, {"capabilities", json::array()}}}});
     asio::co_spawn(ex_, writer(s), asio::detached);
     asio::co_spawn(ex_, serve(s), asio::detached);
@@ -123,7 +124,8 @@ awaitable<void> ControlServer::writer(std::shared_ptr<Session> s) {
     std::string msg = std::move(s->out.front());
     s->out.pop_front();
     boost::system::error_code ec;
-    co_await asio::async_write(s->socket, asio::buffer(msg), asio::redirect_error(use_awaitable, ec));
+    co_await asio::async_write(s->socket, asio::buffer(msg),
+                               asio::redirect_error(use_awaitable, ec));
     if (ec) drop(s, "write failed");
   }
 }
@@ -187,8 +189,10 @@ awaitable<void> ControlServer::dispatch(std::shared_ptr<Session> s, json msg) {
     co_return;
   }
   if (name == "qmp_capabilities") {
-    send(s, error_reply("CommandNotFound", "Capabilities negotiation is already complete, "
-                                           "command ignored", id));
+    send(s, error_reply("CommandNotFound",
+                        "Capabilities negotiation is already complete, "
+                        "command ignored",
+                        id));
     co_return;
   }
   json reply;

@@ -33,8 +33,8 @@ HostFacts probe_host_facts(const Profile& profile) {
   HostFacts f;
   f.runtime_dir = runtime_dir_for(profile.name);
   f.qmp_fd = kQmpFd;
-  f.accel = profile.accel == Accel::kAuto ? (kvm_usable() ? Accel::kKvm : Accel::kTcg)
-                                          : profile.accel;
+  f.accel =
+      profile.accel == Accel::kAuto ? (kvm_usable() ? Accel::kKvm : Accel::kTcg) : profile.accel;
   bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
   int next = kQmpFd + 1;
   for (const NetDevice& n : profile.network) {

@@ -7,7 +7,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
+// clang-format off
+#include <utility>  // first: Boost 1.74's awaitable.hpp uses std::exchange without it
+// clang-format on
 
 #include <boost/asio.hpp>
 #include <chrono>
@@ -22,9 +24,9 @@
 #include "core/cpulist.h"
 #include "core/error.h"
 #include "core/text.h"
+#include "net/tap.h"
 #include "profile/argv.h"
 #include "qmp/client.h"
-#include "net/tap.h"
 #include "rom/rom.h"
 #include "run/control.h"
 #include "run/facts.h"
@@ -112,7 +114,7 @@ std::string tap_ifname(const std::string& name, size_t index) {
   std::string base = name;
   if (base.size() > 9) {
     char hash[8];
-    std::snprintf(hash, sizeof hash, "%04zx", std::hash<std::string>{}(name) & 0xffff);
+    std::snprintf(hash, sizeof hash, "%04zx", std::hash<std::string>{}(name)&0xffff);
     base = name.substr(0, 5) + hash;
   }
   return "pl-" + base + "-" + std::to_string(index);
@@ -138,12 +140,12 @@ void create_taps(Profile& profile, HostFacts& facts, TapSet& taps) {
 
 /// How the run ended, decided when QEMU is gone.
 struct Outcome {
-  bool started = false;        ///< `cont` was acknowledged
-  bool shutting_down = false;  ///< graceful shutdown requested (signal or ctl)
-  bool guest_shutdown = false; ///< SHUTDOWN with guest=true
+  bool started = false;         ///< `cont` was acknowledged
+  bool shutting_down = false;   ///< graceful shutdown requested (signal or ctl)
+  bool guest_shutdown = false;  ///< SHUTDOWN with guest=true
   bool panicked = false;
-  bool forced = false;         ///< we sent quit or SIGKILL
-  bool aborted = false;        ///< stopped before the guest ran, on request
+  bool forced = false;   ///< we sent quit or SIGKILL
+  bool aborted = false;  ///< stopped before the guest ran, on request
   std::exception_ptr startup_error;
 };
 
@@ -254,8 +256,9 @@ class Supervisor {
       try {
         rom::validate_romfile(d.romfile, read_id("vendor"), read_id("device"));
       } catch (const Error& e) {
-        throw Error(e.code(), profile_.file + ": /devices/" + std::to_string(i) + "/romfile: " +
-                                  e.what(), e.hint());
+        throw Error(e.code(),
+                    profile_.file + ": /devices/" + std::to_string(i) + "/romfile: " + e.what(),
+                    e.hint());
       }
     }
   }
@@ -276,9 +279,11 @@ class Supervisor {
 
     QemuThreads threads;
     json cpus = co_await qmp_.execute("query-cpus-fast");
-    for (const json& c : cpus) threads.vcpus[c.at("cpu-index").get<int>()] = c.at("thread-id").get<pid_t>();
+    for (const json& c : cpus)
+      threads.vcpus[c.at("cpu-index").get<int>()] = c.at("thread-id").get<pid_t>();
     json ios = co_await qmp_.execute("query-iothreads");
-    for (const json& i : ios) threads.iothreads[i.at("id").get<std::string>()] = i.at("thread-id").get<pid_t>();
+    for (const json& i : ios)
+      threads.iothreads[i.at("id").get<std::string>()] = i.at("thread-id").get<pid_t>();
     std::vector<ThreadInfo> all = list_threads(pid_);
     for (const ThreadInfo& k : find_vhost_kthreads(pid_)) all.push_back(k);
     std::vector<ThreadPin> pins = plan_pins(profile_.pinning, threads, all);
@@ -408,8 +413,7 @@ class Supervisor {
     }
     timer.expires_at(deadline);
     co_await timer.async_wait(use_awaitable);
-    log("the guest did not shut down within " + std::to_string(timeout_s_) +
-        " s: quitting QEMU");
+    log("the guest did not shut down within " + std::to_string(timeout_s_) + " s: quitting QEMU");
     co_await quit();
   }
 
@@ -497,7 +501,9 @@ class Supervisor {
     return exit_code(Exit::kQemuCrashed);
   }
 
-  bool qemu_failed_on_its_own() const { return exited_ && !(WIFEXITED(status_) && WEXITSTATUS(status_) == 0); }
+  bool qemu_failed_on_its_own() const {
+    return exited_ && !(WIFEXITED(status_) && WEXITSTATUS(status_) == 0);
+  }
 
   std::string tail_text() const {
     if (tail_.empty()) return "";

@@ -45,8 +45,11 @@ std::vector<ThreadPin> plan_pins(const Pinning& pinning, const QemuThreads& qemu
   std::vector<ThreadPin> pins;
   std::set<pid_t> placed;
   for (const auto& [index, tid] : qemu.vcpus) {
-    ThreadPin p{tid, name_of(tid, "vCPU " + std::to_string(index)), ThreadRole::kVcpu,
-                "vCPU " + std::to_string(index), {}};
+    ThreadPin p{tid,
+                name_of(tid, "vCPU " + std::to_string(index)),
+                ThreadRole::kVcpu,
+                "vCPU " + std::to_string(index),
+                {}};
     if (!pinning.vcpus.empty()) {
       if (index < 0 || static_cast<size_t>(index) >= pinning.vcpus.size()) {
         throw Error(Exit::kFailed, "QEMU reports vCPU " + std::to_string(index) +
@@ -117,8 +120,8 @@ std::vector<std::string> check_pin_plan(const Profile& profile, const CpuTopolog
   const Pinning& pin = profile.pinning;
   std::set<int> online(topo.online.begin(), topo.online.end());
   std::set<int> allowed(topo.allowed.begin(), topo.allowed.end());
-  std::vector<std::pair<std::string, std::vector<int>>> sets = {{"/pinning/vcpus", pin.vcpus},
-                                                                {"/pinning/emulator", pin.emulator}};
+  std::vector<std::pair<std::string, std::vector<int>>> sets = {
+      {"/pinning/vcpus", pin.vcpus}, {"/pinning/emulator", pin.emulator}};
   for (size_t i = 0; i < pin.iothreads.size(); ++i) {
     sets.push_back({"/pinning/iothreads/" + std::to_string(i) + "/cpus", pin.iothreads[i].cpus});
   }
@@ -127,8 +130,8 @@ std::vector<std::string> check_pin_plan(const Profile& profile, const CpuTopolog
     for (int c : cpus) {
       if (!online.count(c)) {
         problems.push_back(profile.file + ": " + path + ": CPU " + std::to_string(c) +
-                           " is not online on this host (online: " +
-                           format_cpulist(topo.online) + ")");
+                           " is not online on this host (online: " + format_cpulist(topo.online) +
+                           ")");
       } else if (!allowed.count(c)) {
         problems.push_back(profile.file + ": " + path + ": CPU " + std::to_string(c) +
                            " is outside the launcher's cpuset (" + own_cpuset() + ")");
@@ -223,19 +226,19 @@ void apply_pins(const std::vector<ThreadPin>& pins, std::optional<int> realtime_
     for (int c : p.cpus) CPU_SET(c, &set);
     if (::sched_setaffinity(p.tid, sizeof set, &set) != 0) {
       int err = errno;
-      throw system_error(Exit::kFailed,
-                         "cannot pin " + p.label + " (" + p.name + ", tid " +
-                             std::to_string(p.tid) + ") to CPUs",
-                         format_cpulist(p.cpus), err,
-                         err == EINVAL ? "the launcher's " + own_cpuset() : "");
+      throw system_error(
+          Exit::kFailed,
+          "cannot pin " + p.label + " (" + p.name + ", tid " + std::to_string(p.tid) + ") to CPUs",
+          format_cpulist(p.cpus), err, err == EINVAL ? "the launcher's " + own_cpuset() : "");
     }
     if (p.role == ThreadRole::kVcpu && realtime_priority) {
       sched_param param{};
       param.sched_priority = *realtime_priority;
       if (::sched_setscheduler(p.tid, SCHED_FIFO, &param) != 0) {
-        throw system_error(Exit::kFailed, "cannot set SCHED_FIFO priority " +
-                                              std::to_string(*realtime_priority) + " for",
-                           p.label, errno, "real-time scheduling needs root or CAP_SYS_NICE");
+        throw system_error(
+            Exit::kFailed,
+            "cannot set SCHED_FIFO priority " + std::to_string(*realtime_priority) + " for",
+            p.label, errno, "real-time scheduling needs root or CAP_SYS_NICE");
       }
     }
   }

@@ -44,9 +44,9 @@ std::vector<ThreadPin> plan_pins(const Pinning& pinning, const QemuThreads& qemu
 
 /// Host facts the pin plan is checked against.
 struct CpuTopology {
-  std::vector<int> online;                     ///< /sys/devices/system/cpu/online
-  std::map<int, std::vector<int>> siblings;    ///< cpu -> its SMT siblings (itself included)
-  std::vector<int> allowed;                    ///< the launcher's own affinity (cgroup cpuset)
+  std::vector<int> online;                   ///< /sys/devices/system/cpu/online
+  std::map<int, std::vector<int>> siblings;  ///< cpu -> its SMT siblings (itself included)
+  std::vector<int> allowed;                  ///< the launcher's own affinity (cgroup cpuset)
 };
 
 /// Reads the topology under `host_root` (sysfs) and our own affinity.

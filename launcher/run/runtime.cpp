@@ -44,8 +44,8 @@ void make_private_dir(const std::string& path) {
   }
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) {
-    throw Error(Exit::kEnvironment, "the runtime directory " + path +
-                                        " is not a directory owned by this user");
+    throw Error(Exit::kEnvironment,
+                "the runtime directory " + path + " is not a directory owned by this user");
   }
   ::chmod(path.c_str(), 0700);
 }
@@ -81,11 +81,11 @@ RuntimeDir::RuntimeDir(const std::string& name) : name_(name), path_(runtime_dir
   if (auto qemu = read_pid(file("qemu.pid")); qemu && is_live_qemu(*qemu)) {
     ::close(lock_fd_);
     lock_fd_ = -1;
-    throw Error(Exit::kHostDirty,
-                "QEMU (pid " + std::to_string(*qemu) + ") of an earlier run of \"" + name +
-                    "\" is still alive, without its launcher",
-                "stop it (kill " + std::to_string(*qemu) + "), then `passlaunch recover " + name +
-                    "`");
+    throw Error(
+        Exit::kHostDirty,
+        "QEMU (pid " + std::to_string(*qemu) + ") of an earlier run of \"" + name +
+            "\" is still alive, without its launcher",
+        "stop it (kill " + std::to_string(*qemu) + "), then `passlaunch recover " + name + "`");
   }
   for (const char* leaf : kLeaves) ::unlink(file(leaf).c_str());
   std::string pid = std::to_string(::getpid()) + "\n";

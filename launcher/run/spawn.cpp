@@ -75,7 +75,8 @@ namespace {
 
 std::pair<int, int> make_pipe() {
   int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) throw system_error(Exit::kEnvironment, "cannot create", "a pipe", errno);
+  if (::pipe2(p, O_CLOEXEC) != 0)
+    throw system_error(Exit::kEnvironment, "cannot create", "a pipe", errno);
   return {p[0], p[1]};
 }
 
@@ -112,9 +113,9 @@ Child spawn_child(const SpawnSpec& spec) {
         throw system_error(Exit::kFailed, "cannot set the CPU affinity of", spec.argv[0], msg[1],
                            "the emulator CPUs must be online and inside this process's cpuset");
       case 4:
-        throw system_error(Exit::kEnvironment, "cannot execute", spec.argv[0], msg[1],
-                           msg[1] == ENOENT ? "is QEMU installed? (apt-get install qemu-system-x86)"
-                                            : "");
+        throw system_error(
+            Exit::kEnvironment, "cannot execute", spec.argv[0], msg[1],
+            msg[1] == ENOENT ? "is QEMU installed? (apt-get install qemu-system-x86)" : "");
       default:
         throw system_error(Exit::kEnvironment, "cannot prepare the fds of", spec.argv[0], msg[1]);
     }
@@ -136,7 +137,8 @@ std::string describe_wait_status(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
     const char* name = sigabbrev_np(WTERMSIG(status));
-    return std::string("killed by signal ") + (name ? std::string("SIG") + name : std::to_string(WTERMSIG(status)));
+    return std::string("killed by signal ") +
+           (name ? std::string("SIG") + name : std::to_string(WTERMSIG(status)));
   }
   return "ended with wait status " + std::to_string(status);
 }
