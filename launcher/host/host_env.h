@@ -67,8 +67,9 @@ struct HostEnv {
 
 /// systemctl-backed service manager (the real host).
 std::unique_ptr<ServiceManager> make_systemd_services();
-/// libkmod-backed module loader (the real host).
-std::unique_ptr<ModuleLoader> make_kmod_loader();
+/// libkmod-backed module loader (the real host). `module_dir` empty: the
+/// running kernel's /lib/modules/RELEASE.
+std::unique_ptr<ModuleLoader> make_kmod_loader(const std::string& module_dir = "");
 std::unique_ptr<Clock> make_steady_clock();
 
 /// The real host under `root` ("/" normally), owning its seams.

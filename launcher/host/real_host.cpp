@@ -100,7 +100,8 @@ class SystemdServices : public ServiceManager {
 
 class KmodLoader : public ModuleLoader {
  public:
-  KmodLoader() : ctx_(kmod_new(nullptr, nullptr)) {
+  explicit KmodLoader(const std::string& dir)
+      : ctx_(kmod_new(dir.empty() ? nullptr : dir.c_str(), nullptr)) {
     if (!ctx_) throw Error(Exit::kEnvironment, "libkmod: cannot create a context");
     kmod_load_resources(ctx_);
   }
@@ -160,7 +161,9 @@ class SteadyClock : public Clock {
 std::unique_ptr<ServiceManager> make_systemd_services() {
   return std::make_unique<SystemdServices>();
 }
-std::unique_ptr<ModuleLoader> make_kmod_loader() { return std::make_unique<KmodLoader>(); }
+std::unique_ptr<ModuleLoader> make_kmod_loader(const std::string& module_dir) {
+  return std::make_unique<KmodLoader>(module_dir);
+}
 std::unique_ptr<Clock> make_steady_clock() { return std::make_unique<SteadyClock>(); }
 
 RealHost::RealHost(const std::string& root)
