@@ -331,6 +331,16 @@ TEST(HostHandover, ModuleThatWillNotUnloadRestoresHost) {
                  "kernel module nvidia_uvm is still in use after 10000 ms (refcnt 1)");
 }
 
+TEST(HostHandover, ModuleNeededByUnlistedModuleFailsAtOnce) {
+  SimHost h;
+  auto c = seed_config();
+  c.gpu_modules = {"nvidia"};  // nvidia_modeset and nvidia_uvm still need it
+  expect_refused(
+      h, c, Exit::kFailed,
+      "kernel module nvidia is needed by nvidia_modeset, nvidia_uvm, which the profile does not "
+      "unload");
+}
+
 TEST(HostHandover, UnitThatDoesNotExistIsRefusedBeforeAnyChange) {
   SimHost h;
   auto c = seed_config();

@@ -198,6 +198,13 @@ void wait_inactive(HostEnv& env, const std::string& unit, milliseconds timeout) 
 }
 
 void unload_module(HostEnv& env, const std::string& name, milliseconds timeout) {
+  // Another module needing it will not go away by waiting: say so at once.
+  if (auto holders = module_state(env.fs, name).holders; !holders.empty()) {
+    throw Error(Exit::kFailed,
+                "kernel module " + name + " is needed by " + join(holders, ", ") +
+                    ", which the profile does not unload",
+                "add " + join(holders, ", ") + " to host.gpu_modules, before " + name);
+  }
   auto deadline = env.clock.now() + timeout;
   for (;;) {
     int err = env.modules.remove(name);
