@@ -16,5 +16,6 @@ void add_qmp_command(CLI::App& app, Action& action);       // qmp
 void add_rom_commands(CLI::App& app, Action& action);      // rom inspect|patch
 void add_ctl_commands(CLI::App& app, Action& action);      // list, ctl
 void add_latency_commands(CLI::App& app, Action& action);  // latency
+void add_host_commands(CLI::App& app, Action& action);     // iommu, vfio-conf, check, recover
 
 }  // namespace pl::cli

@@ -1,0 +1,77 @@
+// A simulated host for the handover tests: a temporary directory laid out
+// like real sysfs/procfs (symlinks, "0x..." attributes), a HostFs whose
+// write() applies the kernel's rules, a module loader and a service manager
+// that change the tree the way the kernel and systemd would.
+//
+// All state lives in files under the root, none in these objects, so a
+// forked child can change the host, be SIGKILLed, and the parent sees
+// exactly what the child left behind.
+//
+// Kernel rules emulated:
+//  - /sys/bus/pci/drivers/D/unbind removes the device's `driver` link (ENODEV
+//    when it is not bound to D); D/bind binds when D matches.
+//  - driver_override: "(null)" when unset; drivers_probe binds an unbound
+//    device to the override driver only, else to the first loaded driver
+//    whose id table matches (vfio-pci: its ids= option and new_id).
+//  - loading a module registers its drivers, which take every unbound
+//    matching device; unloading unbinds them. A module with holders or a
+//    non-zero refcnt refuses to unload (EBUSY). refcnt counts holders and
+//    users, as in /sys/module/NAME/refcnt.
+//  - vtconsole bind files, platform framebuffer bind/unbind, cpufreq
+//    governors that accept only the available ones.
+//  - units own processes (/proc/PID/fd links to device nodes) and module
+//    references; stopping a unit drops both, starting it takes them again.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "host/host_env.h"
+
+namespace pl::host::sim {
+
+/// Path -> "D" (directory), "L:target" (link) or "F:contents" (file).
+using Snapshot = std::map<std::string, std::string>;
+
+class SimHost {
+ public:
+  /// The seed's machine (groups 13, 14, 16, a root port in group 16, other
+  /// devices), NVIDIA driver stack loaded, display manager running.
+  /// `vfio_ids` is the vfio-pci ids= option (as if in /etc/modprobe.d).
+  explicit SimHost(const std::string& vfio_ids = "");
+  ~SimHost();
+  SimHost(const SimHost&) = delete;
+  SimHost& operator=(const SimHost&) = delete;
+
+  const std::string& root() const { return root_; }
+  HostEnv env(std::ostream* log = nullptr);
+  HostFs& fs() { return *fs_; }
+  ServiceManager& services() { return *services_; }
+  ModuleLoader& modules() { return *modules_; }
+
+  /// Everything under the root except /var/lib/passlaunch (the journal).
+  Snapshot snapshot() const;
+
+  // Scenario knobs.
+  /// A process outside any unit that holds `file` open.
+  void add_process(int pid, const std::string& comm, const std::string& file);
+  /// A reference on a module that no process accounts for (it will not unload).
+  void pin_module(const std::string& module);
+  /// Adds a PCI device that belongs to no IOMMU group.
+  void add_groupless_device(const std::string& address);
+  void set_boot_id(const std::string& id);
+
+ private:
+  std::string root_;
+  std::unique_ptr<HostFs> fs_;
+  std::unique_ptr<ServiceManager> services_;
+  std::unique_ptr<ModuleLoader> modules_;
+  std::unique_ptr<Clock> clock_;
+};
+
+/// Differences between two snapshots, one line each ("" when equal).
+std::string diff(const Snapshot& a, const Snapshot& b);
+
+}  // namespace pl::host::sim
