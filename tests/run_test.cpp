@@ -256,6 +256,38 @@ TEST_F(RunQemu, MacvtapIsCreatedForTheGuestAndRemovedAfterShutdown) {
   EXPECT_EQ(links.find("macvtap"), std::string::npos) << links;
 }
 
+TEST_F(RunQemu, MacvtapOfAKilledLauncherIsRemovedByRecover) {
+  NetNs ns;
+  ASSERT_TRUE(ns.ok()) << "ip netns is needed";
+  std::string profile = write_profile(guest_profile(name_, "normal",
+      R"(, "network": [{"type": "macvtap", "link": "pl-veth0", "mac": "52:54:00:a3:d3:f6"}])"));
+  Passlaunch run({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile}, dir_.path(),
+                 true);
+  ASSERT_TRUE(run.out().wait_for("guest running")) << run.out().text();
+  pid_t qemu = qemu_pid();
+  ::kill(run.pid(), SIGKILL);
+  run.wait(10s);
+  // QEMU follows its launcher (PR_SET_PDEATHSIG); the macvtap stays behind.
+  for (int i = 0; i < 200 && alive(qemu); ++i) std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(alive(qemu));
+  EXPECT_NE(ns.links().find("macvtap"), std::string::npos) << ns.links();
+
+  // The host is dirty: a new run is refused until recover.
+  auto [code, out] = passlaunch_cmd({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile},
+                                    dir_.path(), true);
+  EXPECT_EQ(code, 4) << out;
+  EXPECT_NE(out.find("passlaunch recover " + name_), std::string::npos) << out;
+  EXPECT_NE(ns.links().find("macvtap"), std::string::npos) << "a refused run changes nothing";
+
+  auto [rc, rout] = passlaunch_cmd({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "recover", name_},
+                                   dir_.path(), true);
+  EXPECT_EQ(rc, 0) << rout;
+  EXPECT_EQ(ns.links().find("macvtap"), std::string::npos) << ns.links();
+  auto [rc2, rout2] = passlaunch_cmd({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "recover", name_},
+                                     dir_.path(), true);
+  EXPECT_EQ(rc2, 0) << "recover is idempotent: " << rout2;
+}
+
 TEST_F(RunQemu, MacvtapOnAMissingLinkStartsNothing) {
   NetNs ns;
   ASSERT_TRUE(ns.ok());

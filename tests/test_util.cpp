@@ -223,8 +223,8 @@ int Passlaunch::wait(std::chrono::seconds timeout) {
 }
 
 std::pair<int, std::string> passlaunch_cmd(const std::vector<std::string>& args,
-                                           const std::string& runtime_base) {
-  Passlaunch p(args, runtime_base);
+                                           const std::string& runtime_base, bool raw) {
+  Passlaunch p(args, runtime_base, raw);
   int code = p.wait(std::chrono::seconds(180));
   return {code, p.out().text()};
 }

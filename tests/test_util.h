@@ -102,6 +102,6 @@ class Passlaunch {
 
 /// Runs `passlaunch ARGS...` to completion: {exit code, output}.
 std::pair<int, std::string> passlaunch_cmd(const std::vector<std::string>& args,
-                                           const std::string& runtime_base);
+                                           const std::string& runtime_base, bool raw = false);
 
 }  // namespace pl::test

@@ -5,12 +5,47 @@
 #include "cli/cli.h"
 #include "core/error.h"
 #include "core/text.h"
+#include "host/from_profile.h"
+#include "host/handover.h"
+#include "host/host_env.h"
 #include "profile/argv.h"
 #include "profile/profile.h"
 #include "run/facts.h"
 #include "run/launcher.h"
 
 namespace pl::cli {
+namespace {
+
+/// `--dry-run`'s host plan: what prepare would change on this host, step by
+/// step, and the taps it would create. Changes nothing.
+void print_host_plan(const Profile& profile, const std::string& host_root) {
+  std::cout << "\n# host plan for " << profile.name << " on "
+            << (host_root == "/" ? std::string("this host") : host_root) << ":\n";
+  if (profile.devices.empty()) {
+    std::cout << "#   no passthrough devices: the host is left as it is\n";
+  } else {
+    host::RealHost real(host_root);
+    host::HostEnv env = real.env();
+    try {
+      for (const std::string& line : host::plan(host::handover_config(profile, real.fs), env)) {
+        std::cout << "#   " << line << "\n";
+      }
+    } catch (const Error& e) {
+      std::cout << "#   WOULD REFUSE: " << e.what() << "\n";
+    }
+  }
+  for (size_t i = 0; i < profile.network.size(); ++i) {
+    const NetDevice& n = profile.network[i];
+    if (n.type == NetDevice::Type::kMacvtap) {
+      std::cout << "#   network: create macvtap on " << n.link << " (mode " << n.mode
+                << (n.mac.empty() ? "" : ", MAC " + n.mac) << "), pass its tap fd\n";
+    } else if (n.type == NetDevice::Type::kBridge) {
+      std::cout << "#   network: create a tap on bridge " << n.bridge << ", pass its fd\n";
+    }
+  }
+}
+
+}  // namespace
 
 void add_run_commands(CLI::App& app, Action& action) {
   struct Options {
@@ -42,6 +77,7 @@ void add_run_commands(CLI::App& app, Action& action) {
         for (size_t i = 0; i < argv.size(); ++i) {
           std::cout << shell_quote(argv[i]) << (i + 1 < argv.size() ? " \\\n" : "\n");
         }
+        print_host_plan(profile, opts->run.host_root);
         return 0;
       }
       opts->run.latency_interval = std::chrono::milliseconds(opts->latency_ms);

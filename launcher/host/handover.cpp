@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/text.h"
 #include "host/vfio_conf.h"
+#include "net/tap.h"
 
 namespace pl::host {
 
@@ -310,6 +311,9 @@ void undo_one(HostEnv& env, const json& e, const std::string& vm, const std::str
   } else if (op == "allowed_cpus") {
     const std::string unit = e.at("unit"), cpus = e.at("cpus");
     if (env.services.allowed_cpus(unit) != cpus) env.services.set_allowed_cpus(unit, cpus);
+  } else if (op == "delete_link") {
+    // A macvtap or tap that `run` created (launcher/net); absent = done.
+    delete_link(e.at("ifname").get<std::string>());
   } else if (op == "hook") {
     const std::string path = e.at("path");
     auto r = run_hook(path, vm, "release", devices);
@@ -810,13 +814,15 @@ void Handover::prepare() {
   }
 }
 
-void Handover::release() {
-  auto j = Journal::open(env_.fs, config_.vm_name);
+void Handover::release() { release_journal(config_.vm_name, env_); }
+
+void release_journal(const std::string& vm, HostEnv& env) {
+  auto j = Journal::open(env.fs, vm);
   if (!j) {
-    log(env_, "release: nothing to restore for " + config_.vm_name);
+    log(env, "release: nothing to restore for " + vm);
     return;
   }
-  replay(*j, env_, "release");
+  replay(*j, env, "release");
 }
 
 std::vector<std::string> recover(const std::string& vm, HostEnv& env) {

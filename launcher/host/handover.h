@@ -80,6 +80,10 @@ class Handover {
   std::vector<IommuGroup> groups_;
 };
 
+/// Replays the journal of `vm` as the end of a run (Handover::release for a
+/// VM without passthrough devices, whose journal holds only its taps).
+void release_journal(const std::string& vm, HostEnv& env);
+
 /// Replays the journal of `vm` (every VM with a journal when empty), newest
 /// change first, then deletes it. Idempotent: running it again, or after a
 /// crash during release, is harmless. A journal from an earlier boot is

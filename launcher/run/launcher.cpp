@@ -24,6 +24,10 @@
 #include "core/cpulist.h"
 #include "core/error.h"
 #include "core/text.h"
+#include "host/from_profile.h"
+#include "host/handover.h"
+#include "host/host_env.h"
+#include "host/journal.h"
 #include "latency/sampler.h"
 #include "net/tap.h"
 #include "profile/argv.h"
@@ -121,15 +125,22 @@ std::string tap_ifname(const std::string& name, size_t index) {
   return "pl-" + base + "-" + std::to_string(index);
 }
 
-/// Creates the macvtap/bridge taps of `profile` in order; the guest's MAC is
-/// the tap's (the kernel picks one when the profile gives none).
-void create_taps(Profile& profile, HostFacts& facts, TapSet& taps) {
+bool needs_taps(const Profile& p) {
+  return std::any_of(p.network.begin(), p.network.end(),
+                     [](const NetDevice& n) { return n.type != NetDevice::Type::kUser; });
+}
+
+/// Creates the macvtap/bridge taps of `profile` in order, each journaled
+/// before it exists (so `recover` deletes it after a crash); the guest's MAC
+/// is the tap's (the kernel picks one when the profile gives none).
+void create_taps(Profile& profile, HostFacts& facts, TapSet& taps, host::Journal& journal) {
   size_t tap_index = 0;
   for (size_t i = 0; i < profile.network.size(); ++i) {
     NetDevice& n = profile.network[i];
     if (n.type == NetDevice::Type::kUser) continue;
     std::string where = profile.file + ": /network/" + std::to_string(i);
     std::string ifname = tap_ifname(profile.name, i);
+    journal.append({{"step", "network"}, {"undo", "delete_link"}, {"ifname", ifname}});
     TapDevice t = n.type == NetDevice::Type::kMacvtap ? create_macvtap(n, ifname, where)
                                                       : create_bridge_tap(n, ifname, where);
     taps.devices.push_back(t);
@@ -169,17 +180,76 @@ class Supervisor {
     check_romfiles();
     // 2. One instance per name; the runtime dir holds the sockets.
     RuntimeDir runtime(profile_.name);
+    // 3. The host: hand the devices over (journaled), refuse a dirty host.
+    host::RealHost real(options_.host_root);
+    host::HostEnv env = real.env(options_.quiet ? nullptr : &std::cerr);
+    bool passthrough = !profile_.devices.empty();
+    if (passthrough) {
+      host::Handover handover(host::handover_config(profile_, real.fs), env);
+      handover.prepare();  // restores the host itself when it fails
+    } else {
+      refuse_dirty_host(real.fs);
+    }
+    // From here on, the host is given back however the run ends.
+    bool journaled = passthrough || needs_taps(profile_);
+    int code;
+    try {
+      code = run_guest(runtime, real.fs, passthrough);
+    } catch (...) {
+      if (journaled) release_host(env);
+      throw;
+    }
+    if (journaled && !release_host(env)) return exit_code(Exit::kHostDirty);
+    return code;
+  }
+
+ private:
+  /// A VM without passthrough changes the host only through its taps; still,
+  /// an unrestored journal of this name means an earlier run crashed.
+  void refuse_dirty_host(host::HostFs& fs) {
+    auto j = host::Journal::open(fs, profile_.name);
+    if (!j) return;
+    if (!j->live(fs)) {
+      j->remove();  // from an earlier boot: nothing of it is left
+      return;
+    }
+    throw Error(Exit::kHostDirty,
+                "the host holds changes of an earlier run of " + profile_.name +
+                    " that were not restored (" + j->path() + ")",
+                "run `passlaunch recover " + profile_.name + "`");
+  }
+
+  /// Replays the journal: taps deleted, devices back to their drivers, the
+  /// display manager started. False (and a hint to recover) when it failed.
+  bool release_host(host::HostEnv& env) {
+    try {
+      host::release_journal(profile_.name, env);
+      return true;
+    } catch (const std::exception& e) {
+      std::cerr << "passlaunch: error: restoring the host failed: " << e.what()
+                << "\n  hint: fix the cause, then run `passlaunch recover " << profile_.name
+                << "`\n";
+      return false;
+    }
+  }
+
+  /// Everything between the prepared host and its release.
+  int run_guest(RuntimeDir& runtime, host::HostFs& fs, bool passthrough) {
     HostFacts facts = probe_host_facts(profile_);
     facts.runtime_dir = runtime.path();
     prepare_ovmf_vars(profile_, facts);
-    // 3. macvtap and bridge taps, handed to QEMU as open fds.
+    // 4. macvtap and bridge taps, handed to QEMU as open fds.
     Profile effective = profile_;
     TapSet taps;
-    create_taps(effective, facts, taps);
-    // 4. The exact argv, printed before exec.
+    if (needs_taps(profile_)) {
+      host::Journal journal = passthrough ? *host::Journal::open(fs, profile_.name)
+                                          : host::Journal::create(fs, profile_.name, {});
+      create_taps(effective, facts, taps, journal);
+    }
+    // 5. The exact argv, printed before exec.
     std::vector<std::string> argv = build_qemu_argv(effective, facts);
     log("starting: " + join_quoted(argv));
-    // 4. Spawn paused, already inside the emulator set.
+    // 6. Spawn paused, already inside the emulator set.
     qmp_path_ = runtime.file("qmp.sock");
     control_path_ = runtime.file("control.sock");
     int listener = listen_unix(qmp_path_);
@@ -215,7 +285,7 @@ class Supervisor {
     stdout_.emplace(io_, out_rd);
     stderr_.emplace(io_, err_rd);
 
-    // 5. Everything else happens on this one event loop.
+    // 7. Everything else happens on this one event loop.
     asio::co_spawn(io_, watch_child(), asio::detached);
     asio::co_spawn(io_, read_lines(*stdout_, "guest", false), asio::detached);
     asio::co_spawn(io_, read_lines(*stderr_, "qemu", true), asio::detached);
@@ -230,7 +300,6 @@ class Supervisor {
     return finish();
   }
 
- private:
   void log(const std::string& line) {
     if (!options_.quiet) std::cerr << "[" << wall_clock() << "] " << line << std::endl;
   }
