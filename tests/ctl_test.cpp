@@ -147,6 +147,11 @@ TEST_F(CtlQemu, SnapshotsSaveListLoadDeleteAndFailures) {
   EXPECT_EQ(c3, 0) << o3;
   EXPECT_EQ(json::parse(ctl({"qmp", "query-status"}).second)["status"], "running");
 
+  auto [cd, od] = ctl({"snapshot", "save", "first"});
+  EXPECT_EQ(cd, 1) << "a duplicate tag is an error: " << od;
+  EXPECT_NE(od.find("snapshot-save failed"), std::string::npos) << od;
+  EXPECT_NE(od.find("first"), std::string::npos) << od;
+
   auto [c4, o4] = ctl({"snapshot", "load", "missing"});
   EXPECT_EQ(c4, 1) << o4;
   EXPECT_NE(o4.find("snapshot-load failed"), std::string::npos) << o4;
