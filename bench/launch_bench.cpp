@@ -65,6 +65,7 @@ std::vector<std::string> dry_run_argv(const std::string& passlaunch, const std::
   std::vector<std::string> argv;
   std::istringstream lines(out);
   for (std::string line; std::getline(lines, line);) {
+    if (line.empty()) break;  // the host plan follows, as # comments
     if (line.size() >= 2 && line.compare(line.size() - 2, 2, " \\") == 0)
       line.resize(line.size() - 2);
     if (line.size() >= 2 && line.front() == '\'' && line.back() == '\'') {
@@ -168,6 +169,7 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   int rounds = argc > 1 ? std::atoi(argv[1]) : 15;
+  ::signal(SIGPIPE, SIG_IGN);
   std::string passlaunch = PL_PASSLAUNCH;
   std::string profile = std::string(PL_SOURCE_DIR) + "/profiles/demo.json";
   std::vector<std::string> qemu_argv = dry_run_argv(passlaunch, profile);

@@ -1,5 +1,6 @@
 // Real implementations of the host seams: systemctl, libkmod, steady clock,
 // and a small process runner.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <libkmod.h>
 #include <spawn.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <thread>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/text.h"
@@ -98,56 +100,117 @@ class SystemdServices : public ServiceManager {
   }
 };
 
+/// libkmod, loaded when a module is first touched. libkmod brings libcrypto,
+/// libzstd and liblzma (about 1.7 MiB resident); only the handover's module
+/// steps need them, so a supervisor that never unloads a driver (no
+/// passthrough) does not map them at all.
+struct KmodApi {
+  decltype(&kmod_new) new_ctx;
+  decltype(&kmod_unref) unref;
+  decltype(&kmod_load_resources) load_resources;
+  decltype(&kmod_module_new_from_name) module_new_from_name;
+  decltype(&kmod_module_probe_insert_module) probe_insert_module;
+  decltype(&kmod_module_remove_module) remove_module;
+  decltype(&kmod_module_unref) module_unref;
+  decltype(&kmod_module_unref_list) module_unref_list;
+  decltype(&kmod_module_get_dependencies) get_dependencies;
+  decltype(&kmod_module_get_module) get_module;
+  decltype(&kmod_module_get_name) get_name;
+  decltype(&kmod_list_next) list_next;
+
+  static const KmodApi& get() {
+    static const KmodApi api = load();
+    return api;
+  }
+
+ private:
+  static KmodApi load() {
+    void* lib = ::dlopen("libkmod.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      throw Error(Exit::kEnvironment, std::string("cannot load libkmod: ") + ::dlerror(),
+                  "install libkmod2");
+    }
+    KmodApi a;
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(::dlsym(lib, name));
+      if (!fn) throw Error(Exit::kEnvironment, std::string("libkmod lacks ") + name);
+    };
+    sym(a.new_ctx, "kmod_new");
+    sym(a.unref, "kmod_unref");
+    sym(a.load_resources, "kmod_load_resources");
+    sym(a.module_new_from_name, "kmod_module_new_from_name");
+    sym(a.probe_insert_module, "kmod_module_probe_insert_module");
+    sym(a.remove_module, "kmod_module_remove_module");
+    sym(a.module_unref, "kmod_module_unref");
+    sym(a.module_unref_list, "kmod_module_unref_list");
+    sym(a.get_dependencies, "kmod_module_get_dependencies");
+    sym(a.get_module, "kmod_module_get_module");
+    sym(a.get_name, "kmod_module_get_name");
+    sym(a.list_next, "kmod_list_next");
+    return a;
+  }
+};
+
 class KmodLoader : public ModuleLoader {
  public:
-  explicit KmodLoader(const std::string& dir)
-      : ctx_(kmod_new(dir.empty() ? nullptr : dir.c_str(), nullptr)) {
-    if (!ctx_) throw Error(Exit::kEnvironment, "libkmod: cannot create a context");
-    kmod_load_resources(ctx_);
+  explicit KmodLoader(std::string dir) : dir_(std::move(dir)) {}
+  ~KmodLoader() override {
+    if (ctx_) KmodApi::get().unref(ctx_);
   }
-  ~KmodLoader() override { kmod_unref(ctx_); }
 
   int insert(const std::string& name) override {
+    const KmodApi& k = KmodApi::get();
     kmod_module* mod = nullptr;
-    int rc = kmod_module_new_from_name(ctx_, name.c_str(), &mod);
+    int rc = k.module_new_from_name(ctx(), name.c_str(), &mod);
     if (rc < 0) return -rc;
-    rc = kmod_module_probe_insert_module(mod, KMOD_PROBE_APPLY_BLACKLIST_ALIAS_ONLY, nullptr,
-                                         nullptr, nullptr, nullptr);
-    kmod_module_unref(mod);
+    rc = k.probe_insert_module(mod, KMOD_PROBE_APPLY_BLACKLIST_ALIAS_ONLY, nullptr, nullptr,
+                               nullptr, nullptr);
+    k.module_unref(mod);
     return rc < 0 ? -rc : 0;
   }
   int remove(const std::string& name) override {
+    const KmodApi& k = KmodApi::get();
     kmod_module* mod = nullptr;
-    int rc = kmod_module_new_from_name(ctx_, name.c_str(), &mod);
+    int rc = k.module_new_from_name(ctx(), name.c_str(), &mod);
     if (rc < 0) return -rc;
-    rc = kmod_module_remove_module(mod, 0);
-    kmod_module_unref(mod);
+    rc = k.remove_module(mod, 0);
+    k.module_unref(mod);
     return rc < 0 ? -rc : 0;
   }
   std::vector<std::string> dependencies(const std::string& name) override {
+    const KmodApi& k = KmodApi::get();
     std::vector<std::string> out;
     kmod_module* mod = nullptr;
-    if (kmod_module_new_from_name(ctx_, name.c_str(), &mod) < 0) return out;
-    add_deps(mod, out);
-    kmod_module_unref(mod);
+    if (k.module_new_from_name(ctx(), name.c_str(), &mod) < 0) return out;
+    add_deps(k, mod, out);
+    k.module_unref(mod);
     return out;
   }
 
  private:
-  // Depth first, so a dependency comes before the modules that need it.
-  static void add_deps(kmod_module* mod, std::vector<std::string>& out) {
-    kmod_list* deps = kmod_module_get_dependencies(mod);
-    kmod_list* it = nullptr;
-    kmod_list_foreach(it, deps) {
-      kmod_module* dep = kmod_module_get_module(it);
-      add_deps(dep, out);
-      std::string n = kmod_module_get_name(dep);
-      if (std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
-      kmod_module_unref(dep);
+  kmod_ctx* ctx() {
+    if (!ctx_) {
+      const KmodApi& k = KmodApi::get();
+      ctx_ = k.new_ctx(dir_.empty() ? nullptr : dir_.c_str(), nullptr);
+      if (!ctx_) throw Error(Exit::kEnvironment, "libkmod: cannot create a context");
+      k.load_resources(ctx_);
     }
-    kmod_module_unref_list(deps);
+    return ctx_;
   }
-  kmod_ctx* ctx_;
+  // Depth first, so a dependency comes before the modules that need it.
+  static void add_deps(const KmodApi& k, kmod_module* mod, std::vector<std::string>& out) {
+    kmod_list* deps = k.get_dependencies(mod);
+    for (kmod_list* it = deps; it != nullptr; it = k.list_next(deps, it)) {
+      kmod_module* dep = k.get_module(it);
+      add_deps(k, dep, out);
+      std::string n = k.get_name(dep);
+      if (std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+      k.module_unref(dep);
+    }
+    k.module_unref_list(deps);
+  }
+  std::string dir_;
+  kmod_ctx* ctx_ = nullptr;
 };
 
 class SteadyClock : public Clock {

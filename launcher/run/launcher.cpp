@@ -181,25 +181,31 @@ class Supervisor {
     // 2. One instance per name; the runtime dir holds the sockets.
     RuntimeDir runtime(profile_.name);
     // 3. The host: hand the devices over (journaled), refuse a dirty host.
-    host::RealHost real(options_.host_root);
-    host::HostEnv env = real.env(options_.quiet ? nullptr : &std::cerr);
+    // The service manager and libkmod are set up only when the host changes.
     bool passthrough = !profile_.devices.empty();
+    bool journaled = passthrough || needs_taps(profile_);
+    std::optional<host::RealHost> real;
+    std::optional<host::HostEnv> env;
+    if (journaled) {
+      real.emplace(options_.host_root);
+      env.emplace(real->env(options_.quiet ? nullptr : &std::cerr));
+    }
+    host::HostFs fs(options_.host_root);
     if (passthrough) {
-      host::Handover handover(host::handover_config(profile_, real.fs), env);
+      host::Handover handover(host::handover_config(profile_, fs), *env);
       handover.prepare();  // restores the host itself when it fails
     } else {
-      refuse_dirty_host(real.fs);
+      refuse_dirty_host(fs);
     }
     // From here on, the host is given back however the run ends.
-    bool journaled = passthrough || needs_taps(profile_);
     int code;
     try {
-      code = run_guest(runtime, real.fs, passthrough);
+      code = run_guest(runtime, fs, passthrough);
     } catch (...) {
-      if (journaled) release_host(env);
+      if (journaled) release_host(*env);
       throw;
     }
-    if (journaled && !release_host(env)) return exit_code(Exit::kHostDirty);
+    if (journaled && !release_host(*env)) return exit_code(Exit::kHostDirty);
     return code;
   }
 
