@@ -332,3 +332,39 @@ TEST_F(RunQemu, LatencyLogRecordsThePinnedThreadsForTheVmsLife) {
 
 }  // namespace
 }  // namespace pl
+
+namespace pl {
+namespace {
+
+/// Pids whose command line mentions `needle`.
+std::vector<pid_t> processes_with(const std::string& needle) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(e.path() / "cmdline");
+    std::string cmd((std::istreambuf_iterator<char>(in)), {});
+    if (cmd.find(needle) != std::string::npos) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+TEST_F(RunQemu, TpmIsServedBySwtpmForTheVmsLife) {
+  std::string state = dir_.path() + "/tpm-" + name_;
+  Passlaunch run({"run", write_profile(guest_profile(name_, "normal",
+                                                     R"(, "tpm": {"state_dir": ")" + state + R"("})"))},
+                 dir_.path());
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  auto [code, out] = passlaunch_cmd({"ctl", name_, "qmp", "query-tpm"}, dir_.path());
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("tpm-crb"), std::string::npos) << out;
+  EXPECT_NE(out.find("emulator"), std::string::npos) << out;
+  EXPECT_EQ(processes_with("dir=" + state).size(), 1u) << "one swtpm for the VM";
+  EXPECT_TRUE(fs::exists(state + "/tpm2-00.permall")) << "the TPM state is kept";
+  ::kill(run.pid(), SIGTERM);
+  EXPECT_EQ(run.wait(60s), 0) << run.out().text();
+  EXPECT_TRUE(processes_with("dir=" + state).empty()) << "swtpm is gone with the VM";
+}
+
+}  // namespace
+}  // namespace pl

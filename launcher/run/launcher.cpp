@@ -150,6 +150,47 @@ void create_taps(Profile& profile, HostFacts& facts, TapSet& taps, host::Journal
   }
 }
 
+/// swtpm serving the VM's TPM on a socket QEMU connects to. It is handed an
+/// already listening socket, so QEMU can connect as soon as it starts, and
+/// `--terminate` makes it exit when QEMU goes; we reap it in any case.
+class Swtpm {
+ public:
+  Swtpm() = default;
+  Swtpm(const Swtpm&) = delete;
+  ~Swtpm() {
+    if (child_.pid <= 0) return;
+    ::kill(child_.pid, SIGTERM);
+    ::waitpid(child_.pid, nullptr, 0);
+    ::close(child_.pidfd);
+  }
+  void start(const Profile& p, const std::string& socket) {
+    std::error_code ec;
+    std::filesystem::create_directories(p.tpm_state_dir, ec);
+    if (ec) {
+      throw Error(Exit::kEnvironment, p.file + ": /tpm/state_dir: cannot create " +
+                                          p.tpm_state_dir + ": " + ec.message());
+    }
+    ::chmod(p.tpm_state_dir.c_str(), 0700);
+    int listener = listen_unix(socket);
+    SpawnSpec spec;
+    spec.argv = {"swtpm", "socket", "--tpm2", "--tpmstate", "dir=" + p.tpm_state_dir,
+                 "--ctrl", "type=unixio,fd=3", "--terminate"};
+    spec.fds = {{listener, 3}};
+    spec.stderr_fd = 2;
+    spec.death_signal = SIGTERM;
+    try {
+      child_ = spawn_child(spec);
+    } catch (const Error& e) {
+      ::close(listener);
+      throw Error(e.code(), std::string(e.what()), "the TPM needs swtpm: apt-get install swtpm");
+    }
+    ::close(listener);
+  }
+
+ private:
+  Child child_;
+};
+
 /// How the run ended, decided when QEMU is gone.
 struct Outcome {
   bool started = false;         ///< `cont` was acknowledged
@@ -252,10 +293,13 @@ class Supervisor {
                                           : host::Journal::create(fs, profile_.name, {});
       create_taps(effective, facts, taps, journal);
     }
-    // 5. The exact argv, printed before exec.
+    // 5. The TPM emulator, when the profile has one: our own child, gone with QEMU.
+    Swtpm swtpm;
+    if (!profile_.tpm_state_dir.empty()) swtpm.start(profile_, runtime.file("swtpm.sock"));
+    // 6. The exact argv, printed before exec.
     std::vector<std::string> argv = build_qemu_argv(effective, facts);
     log("starting: " + join_quoted(argv));
-    // 6. Spawn paused, already inside the emulator set.
+    // 7. Spawn paused, already inside the emulator set.
     qmp_path_ = runtime.file("qmp.sock");
     control_path_ = runtime.file("control.sock");
     int listener = listen_unix(qmp_path_);
@@ -291,7 +335,7 @@ class Supervisor {
     stdout_.emplace(io_, out_rd);
     stderr_.emplace(io_, err_rd);
 
-    // 7. Everything else happens on this one event loop.
+    // 8. Everything else happens on this one event loop.
     asio::co_spawn(io_, watch_child(), asio::detached);
     asio::co_spawn(io_, read_lines(*stdout_, "guest", false), asio::detached);
     asio::co_spawn(io_, read_lines(*stderr_, "qemu", true), asio::detached);

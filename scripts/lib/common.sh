@@ -12,7 +12,7 @@ PL_PACKAGES=(
   qemu-system-x86 qemu-utils ovmf
   linux-image-cloud-amd64 busybox-static cpio gzip
   fakeroot
-  iproute2 kmod procps systemd util-linux bsdutils
+  iproute2 kmod procps systemd util-linux bsdutils swtpm
 )
 
 # Installs the packages that are not installed yet; quiet and fast when all are.
