@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 
@@ -259,7 +258,8 @@ TEST_F(RunQemu, MacvtapIsCreatedForTheGuestAndRemovedAfterShutdown) {
 TEST_F(RunQemu, MacvtapOfAKilledLauncherIsRemovedByRecover) {
   NetNs ns;
   ASSERT_TRUE(ns.ok()) << "ip netns is needed";
-  std::string profile = write_profile(guest_profile(name_, "normal",
+  std::string profile = write_profile(guest_profile(
+      name_, "normal",
       R"(, "network": [{"type": "macvtap", "link": "pl-veth0", "mac": "52:54:00:a3:d3:f6"}])"));
   Passlaunch run({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile}, dir_.path(),
                  true);
@@ -273,18 +273,18 @@ TEST_F(RunQemu, MacvtapOfAKilledLauncherIsRemovedByRecover) {
   EXPECT_NE(ns.links().find("macvtap"), std::string::npos) << ns.links();
 
   // The host is dirty: a new run is refused until recover.
-  auto [code, out] = passlaunch_cmd({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile},
-                                    dir_.path(), true);
+  auto [code, out] = passlaunch_cmd(
+      {"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "run", profile}, dir_.path(), true);
   EXPECT_EQ(code, 4) << out;
   EXPECT_NE(out.find("passlaunch recover " + name_), std::string::npos) << out;
   EXPECT_NE(ns.links().find("macvtap"), std::string::npos) << "a refused run changes nothing";
 
-  auto [rc, rout] = passlaunch_cmd({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "recover", name_},
-                                   dir_.path(), true);
+  auto [rc, rout] = passlaunch_cmd(
+      {"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "recover", name_}, dir_.path(), true);
   EXPECT_EQ(rc, 0) << rout;
   EXPECT_EQ(ns.links().find("macvtap"), std::string::npos) << ns.links();
-  auto [rc2, rout2] = passlaunch_cmd({"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "recover", name_},
-                                     dir_.path(), true);
+  auto [rc2, rout2] = passlaunch_cmd(
+      {"ip", "netns", "exec", ns.name(), PL_PASSLAUNCH, "recover", name_}, dir_.path(), true);
   EXPECT_EQ(rc2, 0) << "recover is idempotent: " << rout2;
 }
 
@@ -351,8 +351,8 @@ std::vector<pid_t> processes_with(const std::string& needle) {
 
 TEST_F(RunQemu, TpmIsServedBySwtpmForTheVmsLife) {
   std::string state = dir_.path() + "/tpm-" + name_;
-  Passlaunch run({"run", write_profile(guest_profile(name_, "normal",
-                                                     R"(, "tpm": {"state_dir": ")" + state + R"("})"))},
+  Passlaunch run({"run", write_profile(guest_profile(
+                             name_, "normal", R"(, "tpm": {"state_dir": ")" + state + R"("})"))},
                  dir_.path());
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   auto [code, out] = passlaunch_cmd({"ctl", name_, "qmp", "query-tpm"}, dir_.path());

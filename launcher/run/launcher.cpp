@@ -173,7 +173,7 @@ class Swtpm {
     ::chmod(p.tpm_state_dir.c_str(), 0700);
     int listener = listen_unix(socket);
     SpawnSpec spec;
-    spec.argv = {"swtpm", "socket", "--tpm2", "--tpmstate", "dir=" + p.tpm_state_dir,
+    spec.argv = {"swtpm",  "socket",           "--tpm2",     "--tpmstate", "dir=" + p.tpm_state_dir,
                  "--ctrl", "type=unixio,fd=3", "--terminate"};
     spec.fds = {{listener, 3}};
     spec.stderr_fd = 2;
