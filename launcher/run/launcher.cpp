@@ -310,7 +310,7 @@ class Supervisor {
     spec.fds = {{listener, kQmpFd}};
     for (size_t i = 0; i < taps.devices.size(); ++i) {
       spec.fds.push_back({taps.devices[i].tap_fd, facts.net_fds[i].tap});
-      if (taps.devices[i].vhost_fd >= 0) {
+      if (taps.devices[i].vhost_fd >= 0 && facts.net_fds[i].vhost >= 0) {
         spec.fds.push_back({taps.devices[i].vhost_fd, facts.net_fds[i].vhost});
       }
     }
