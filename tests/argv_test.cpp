@@ -180,3 +180,37 @@ TEST(ArgvQemu, QemuAcceptsARichProfile) {
 
 }  // namespace
 }  // namespace pl
+
+namespace pl {
+namespace {
+
+// `run --dry-run` shows every element of the seed's setup: the argv, the
+// seed's vcpupin/emulatorpin/iothreadpin, and starts nothing.
+TEST(DryRun, Win11ShowsArgvAndPinPlan) {
+  test::TempDir dir;
+  auto [code, out] = test::passlaunch_cmd(
+      {"run", std::string(PL_SOURCE_DIR) + "/profiles/win11.json", "--dry-run"}, dir.path());
+  EXPECT_EQ(code, 0) << out;
+  for (const char* want :
+       {"qemu-system-x86_64 \\\n", "-S \\\n",
+        "vfio-pci,host=0000:01:00.0,id=hostdev0,bus=rp0,addr=0x0.0,multifunction=on",
+        "#   vCPU 0 -> CPU 0\n", "#   vCPU 15 -> CPU 15\n", "#   iothread io1 -> CPUs 16-23\n",
+        "#   emulator and vhost threads -> CPUs 16-23\n",
+        "create macvtap on enp7s0f0 (mode bridge, MAC 52:54:00:a3:d3:f4)"}) {
+    EXPECT_NE(out.find(want), std::string::npos) << want << "\n" << out;
+  }
+  EXPECT_FALSE(fs::exists(dir.path() + "/passlaunch/win11")) << "a dry run starts nothing";
+}
+
+TEST(DryRun, ProfileWithATypoIsExitTwoNamingTheKey) {
+  test::TempDir dir;
+  std::string path = dir.path() + "/typo.json";
+  std::ofstream(path)
+      << R"({"name": "t", "memory": {"size_mib": 64}, "cpu": {"vcpus": 1, "model": "max"}, "pinnig": {}})";
+  auto [code, out] = test::passlaunch_cmd({"run", path, "--dry-run"}, dir.path());
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find(path + ": /pinnig: unknown key"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace pl

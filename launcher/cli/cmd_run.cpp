@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "cli/cli.h"
+#include "core/cpulist.h"
 #include "core/error.h"
 #include "core/text.h"
 #include "host/from_profile.h"
@@ -15,6 +16,30 @@
 
 namespace pl::cli {
 namespace {
+
+/// `--dry-run`'s pin plan: what `run` applies to QEMU's threads before `cont`.
+void print_pin_plan(const Profile& profile) {
+  const Pinning& pin = profile.pinning;
+  std::cout << "\n# pin plan (applied with sched_setaffinity before the guest runs):\n";
+  if (pin.vcpus.empty()) {
+    std::cout << "#   vCPUs: not pinned\n";
+  }
+  for (size_t i = 0; i < pin.vcpus.size(); ++i) {
+    std::cout << "#   vCPU " << i << " -> CPU " << pin.vcpus[i]
+              << (pin.realtime_priority
+                      ? " (SCHED_FIFO " + std::to_string(*pin.realtime_priority) + ")"
+                      : std::string())
+              << "\n";
+  }
+  for (const IoThread& t : pin.iothreads) {
+    std::vector<int> cpus = t.cpus.empty() ? pin.emulator : t.cpus;
+    std::cout << "#   iothread " << t.id << " -> CPUs "
+              << (cpus.empty() ? std::string("not pinned") : format_cpulist(cpus)) << "\n";
+  }
+  std::cout << "#   emulator and vhost threads -> CPUs "
+            << (pin.emulator.empty() ? std::string("not pinned") : format_cpulist(pin.emulator))
+            << "\n";
+}
 
 /// `--dry-run`'s host plan: what prepare would change on this host, step by
 /// step, and the taps it would create. Changes nothing.
@@ -77,6 +102,7 @@ void add_run_commands(CLI::App& app, Action& action) {
         for (size_t i = 0; i < argv.size(); ++i) {
           std::cout << shell_quote(argv[i]) << (i + 1 < argv.size() ? " \\\n" : "\n");
         }
+        print_pin_plan(profile);
         print_host_plan(profile, opts->run.host_root);
         return 0;
       }
