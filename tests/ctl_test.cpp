@@ -180,7 +180,7 @@ TEST_F(CtlQemu, CtlShutdownEndsRunWithExitZero) {
   auto [code, out] = ctl({"shutdown", "--timeout", "30"});
   EXPECT_EQ(code, 0) << out;
   EXPECT_EQ(run_->wait(30s), 0) << run_->out().text();
-  EXPECT_NE(run_->out().text().find("shutdown requested on the control socket"), std::string::npos);
+  EXPECT_NE(run_->out().text().find("shutdown requested by the control socket"), std::string::npos);
   run_.reset();
 }
 

@@ -101,15 +101,16 @@ int wait_until_stopped(Control& c, int timeout_s) {
   return 0;
 }
 
-/// qcow2 nodes of the VM's own disks (node-name "diskN"), for snapshots.
+/// The top qcow2 node of each of the VM's disks (query-block), for snapshots:
+/// after an external snapshot the top is the overlay, not the profile's node.
 std::vector<json> qcow2_disks(Control& c) {
   std::vector<json> out;
-  for (const json& n : c.execute("query-named-block-nodes", {{"flat", true}})) {
-    std::string node = n.value("node-name", "");
-    if (n.value("drv", "") == "qcow2" && node.rfind("disk", 0) == 0 &&
-        node.find('-') == std::string::npos) {
-      out.push_back(n);
-    }
+  for (const json& b : c.execute("query-block")) {
+    if (!b.contains("inserted")) continue;
+    const json& in = b["inserted"];
+    if (in.value("drv", "") != "qcow2") continue;
+    out.push_back(
+        {{"node-name", in.value("node-name", "")}, {"image", in.value("image", json::object())}});
   }
   return out;
 }

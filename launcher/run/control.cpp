@@ -73,6 +73,9 @@ awaitable<void> ControlServer::accept_loop() {
     stream::socket sock = co_await acceptor_.async_accept(asio::redirect_error(use_awaitable, ec));
     if (ec) {
       if (closed_ || ec == asio::error::operation_aborted) co_return;
+      // EMFILE and the like: back off instead of spinning the only thread.
+      asio::steady_timer t(ex_, std::chrono::milliseconds(100));
+      co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
       continue;
     }
     auto s = std::make_shared<Session>(std::move(sock));

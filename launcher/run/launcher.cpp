@@ -1,5 +1,6 @@
 #include "run/launcher.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -242,8 +243,14 @@ class Supervisor {
     int code;
     try {
       code = run_guest(runtime, fs, passthrough);
-    } catch (...) {
-      if (journaled) release_host(*env);
+    } catch (const std::exception& e) {
+      // The run failed; the host must still be given back, and if it cannot
+      // be, that is what the user must act on first (exit 4).
+      if (journaled && !release_host(*env)) {
+        throw Error(Exit::kHostDirty,
+                    std::string(e.what()) + "; and restoring the host failed (see above)",
+                    "fix the cause, then run `passlaunch recover " + profile_.name + "`");
+      }
       throw;
     }
     if (journaled && !release_host(*env)) return exit_code(Exit::kHostDirty);
@@ -330,10 +337,17 @@ class Supervisor {
     ::close(err_wr);
     taps.close_fds();  // QEMU holds them now
     pid_ = child.pid;
-    runtime.write_qemu_pid(pid_);
-    pidfd_.emplace(io_, child.pidfd);
-    stdout_.emplace(io_, out_rd);
-    stderr_.emplace(io_, err_rd);
+    try {
+      pidfd_.emplace(io_, child.pidfd);
+      stdout_.emplace(io_, out_rd);
+      stderr_.emplace(io_, err_rd);
+      runtime.write_qemu_pid(pid_);
+    } catch (...) {
+      // Never restore the host around a QEMU that still holds its devices.
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      throw;
+    }
 
     // 8. Everything else happens on this one event loop.
     asio::co_spawn(io_, watch_child(), asio::detached);
@@ -418,6 +432,8 @@ class Supervisor {
     }
     co_await qmp_.execute("cont");
     outcome_.started = true;
+    // A request that came while `cont` was in flight is served now.
+    if (outcome_.shutting_down) request_shutdown("a request during start");
     started_at_ = std::chrono::system_clock::now();
     log("guest running (" + std::to_string(elapsed_ms()) + " ms after start; QMP ready at " +
         std::to_string(connected) + " ms)");
@@ -461,10 +477,7 @@ class Supervisor {
         }
         timeout_s_ = args["timeout"].get<int>();
       }
-      if (!outcome_.shutting_down) {
-        log("shutdown requested on the control socket");
-        asio::co_spawn(io_, graceful_shutdown(), asio::detached);
-      }
+      request_shutdown("the control socket");
       co_return json::object();
     });
     control_->start();
@@ -477,6 +490,7 @@ class Supervisor {
       std::vector<int> want = p.cpus;
       std::sort(want.begin(), want.end());
       std::vector<int> got = thread_affinity(p.tid);
+      if (got.empty()) continue;  // the thread has exited meanwhile (an idle worker)
       if (got != want) {
         throw Error(Exit::kFailed, p.label + " (tid " + std::to_string(p.tid) + ") runs on CPUs " +
                                        format_cpulist(got) + " after pinning, not " +
@@ -509,7 +523,8 @@ class Supervisor {
     ::waitpid(pid_, &status, 0);
     exited_ = true;
     status_ = status;
-    // QEMU is gone: nothing else on this loop matters now.
+    // QEMU is gone: no more control clients; nothing else on this loop matters.
+    if (control_) control_->close();
     io_.stop();
   }
 
@@ -521,7 +536,7 @@ class Supervisor {
       if (count == 0) {
         log(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
             ": shutting the guest down (again to quit at once)");
-        asio::co_spawn(io_, graceful_shutdown(), asio::detached);
+        request_shutdown("");
       } else {
         log("received a second signal: quitting QEMU now");
         asio::co_spawn(io_, quit(), asio::detached);
@@ -531,9 +546,17 @@ class Supervisor {
 
   /// Power button, pressed again if the guest does not react, then quit after
   /// the profile's timeout, then SIGKILL.
-  awaitable<void> graceful_shutdown() {
+  /// Starts the graceful shutdown once; before `cont` it only sets the flag
+  /// that start() checks (then QEMU is quit, the guest never ran).
+  void request_shutdown(const std::string& from) {
     outcome_.shutting_down = true;
-    if (!outcome_.started) co_return;  // start() sees the flag and quits
+    if (!outcome_.started || shutdown_running_) return;
+    shutdown_running_ = true;
+    if (!from.empty()) log("shutdown requested by " + from);
+    asio::co_spawn(io_, graceful_shutdown(), asio::detached);
+  }
+
+  awaitable<void> graceful_shutdown() {
     auto deadline = Clock::now() + std::chrono::seconds(timeout_s_);
     auto again = Clock::now() + std::min<Clock::duration>(5s, std::chrono::seconds(timeout_s_) / 2);
     co_await press_power_button();
@@ -575,7 +598,12 @@ class Supervisor {
   }
 
   void kill_qemu() {
-    if (!exited_ && pid_ > 0) ::kill(pid_, SIGKILL);
+    if (exited_ || pid_ <= 0) return;
+    // Already gone, but not yet reaped: it died on its own, not by us.
+    pollfd p{pidfd_->native_handle(), POLLIN, 0};
+    if (::poll(&p, 1, 0) == 1) return;
+    killed_by_us_ = true;
+    ::kill(pid_, SIGKILL);
   }
 
   awaitable<void> read_lines(asio::posix::stream_descriptor& pipe, std::string prefix,
@@ -611,14 +639,21 @@ class Supervisor {
       }
     }
     std::string how = describe_wait_status(status_);
-    if (outcome_.startup_error) {
+    // Killed by us = we sent SIGKILL and that is how it ended (a QEMU that was
+    // already exiting keeps its own status).
+    bool by_us = killed_by_us_ && WIFSIGNALED(status_) && WTERMSIG(status_) == SIGKILL;
+    if (outcome_.startup_error && by_us) {
+      // We stopped QEMU because starting failed: that failure is the news.
       try {
         std::rethrow_exception(outcome_.startup_error);
-      } catch (const Error& e) {
-        if (e.code() != Exit::kEnvironment || !qemu_failed_on_its_own()) throw;
+      } catch (const Error&) {
+        throw;
       } catch (const std::exception& e) {
-        if (!qemu_failed_on_its_own()) throw Error(Exit::kEnvironment, e.what());
+        throw Error(Exit::kEnvironment, e.what());
       }
+    }
+    if (!outcome_.started && !outcome_.aborted) {
+      // QEMU ended before `cont` on its own (bad option, device realize error).
       throw Error(Exit::kStartupFailed, "QEMU " + how + " before the guest started" + tail_text(),
                   "the QEMU messages above say why");
     }
@@ -642,10 +677,6 @@ class Supervisor {
     return exit_code(Exit::kQemuCrashed);
   }
 
-  bool qemu_failed_on_its_own() const {
-    return exited_ && !(WIFEXITED(status_) && WEXITSTATUS(status_) == 0);
-  }
-
   std::string tail_text() const {
     if (tail_.empty()) return "";
     std::string out = "; its last messages:";
@@ -654,14 +685,16 @@ class Supervisor {
   }
 
   void drain(asio::posix::stream_descriptor& pipe, bool keep_tail) {
+    // QEMU is gone, but a process it left behind could still hold the pipe:
+    // wait at most a second for more, never for EOF alone.
     std::string buf;
     char chunk[4096];
-    boost::system::error_code ec;
-    pipe.non_blocking(false, ec);
     for (;;) {
-      size_t n = pipe.read_some(asio::buffer(chunk), ec);
-      if (ec || n == 0) break;
-      buf.append(chunk, n);
+      pollfd p{pipe.native_handle(), POLLIN, 0};
+      if (::poll(&p, 1, 1000) <= 0) break;
+      ssize_t n = ::read(pipe.native_handle(), chunk, sizeof chunk);
+      if (n <= 0) break;
+      buf.append(chunk, static_cast<size_t>(n));
     }
     size_t start = 0;
     for (size_t nl; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1) {
@@ -688,6 +721,8 @@ class Supervisor {
   pid_t pid_ = -1;
   bool exited_ = false;
   bool quitting_ = false;
+  bool shutdown_running_ = false;
+  bool killed_by_us_ = false;  ///< QEMU was SIGKILLed by us
   int status_ = 0;
   Outcome outcome_;
   std::deque<std::string> tail_;

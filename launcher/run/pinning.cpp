@@ -226,6 +226,7 @@ void apply_pins(const std::vector<ThreadPin>& pins, std::optional<int> realtime_
     for (int c : p.cpus) CPU_SET(c, &set);
     if (::sched_setaffinity(p.tid, sizeof set, &set) != 0) {
       int err = errno;
+      if (err == ESRCH) continue;  // the thread exited meanwhile: nothing to pin
       throw system_error(
           Exit::kFailed,
           "cannot pin " + p.label + " (" + p.name + ", tid " + std::to_string(p.tid) + ") to CPUs",

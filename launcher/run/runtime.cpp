@@ -55,10 +55,20 @@ void make_private_dir(const std::string& path) {
 RuntimeDir::RuntimeDir(const std::string& name) : name_(name), path_(runtime_dir_for(name)) {
   make_private_dir(path_);
   std::string lock = file("lock");
-  for (;;) {
+  for (int attempt = 0;; ++attempt) {
     lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd_ < 0 && errno == ENOENT && attempt < 10) {
+      make_private_dir(path_);  // an exiting launcher removed the directory just now
+      continue;
+    }
     if (lock_fd_ < 0) throw system_error(Exit::kEnvironment, "cannot open", lock, errno);
-    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    // `list` and `ctl` probe the lock with a brief shared lock: wait that out.
+    bool locked = false;
+    for (int i = 0; i < 20 && !locked; ++i) {
+      locked = ::flock(lock_fd_, LOCK_EX | LOCK_NB) == 0;
+      if (!locked) ::usleep(5000);
+    }
+    if (!locked) {
       auto pid = read_pid(lock);
       ::close(lock_fd_);
       lock_fd_ = -1;

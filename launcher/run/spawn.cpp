@@ -18,14 +18,25 @@ namespace {
 
 /// Everything the child does between fork and exec, with async-signal-safe
 /// calls only. On failure it writes {step, errno} to `report` and exits 127.
-[[noreturn]] void child_main(const SpawnSpec& spec, char* const* argv, int report) {
+[[noreturn]] void child_main(const SpawnSpec& spec, char* const* argv, int report, pid_t parent) {
   auto fail = [&](int step) {
     int msg[2] = {step, errno};
     (void)!::write(report, msg, sizeof msg);
     ::_exit(127);
   };
   ::setpgid(0, 0);
-  if (spec.death_signal) ::prctl(PR_SET_PDEATHSIG, spec.death_signal);
+  if (spec.death_signal) {
+    ::prctl(PR_SET_PDEATHSIG, spec.death_signal);
+    // The launcher may have died before the prctl: then no signal will come.
+    if (::getppid() != parent) ::_exit(127);
+  }
+  // Signals were blocked across fork; the launcher's handlers (Asio's) must
+  // not run here, so every disposition goes back to the default first.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+  }
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -64,8 +75,12 @@ namespace {
     if (!wanted) ::close(fd);
   }
   // The report pipe was placed above every target, so this keeps only it.
-  if (report > max_target + 1) ::syscall(SYS_close_range, max_target + 1, report - 1, 0);
-  ::syscall(SYS_close_range, report + 1, ~0U, 0);
+  auto close_from_to = [](int lo, unsigned hi) {
+    if (::syscall(SYS_close_range, lo, hi, 0) == 0) return;
+    for (unsigned fd = lo; fd <= hi && fd < 65536; ++fd) ::close(static_cast<int>(fd));
+  };
+  if (report > max_target + 1) close_from_to(max_target + 1, static_cast<unsigned>(report - 1));
+  close_from_to(report + 1, ~0U);
   ::execvp(argv[0], argv);
   fail(4);
   ::_exit(127);
@@ -81,6 +96,9 @@ std::pair<int, int> make_pipe() {
 }
 
 Child spawn_child(const SpawnSpec& spec) {
+  if (spec.fds.size() > 64) {
+    throw Error(Exit::kUsage, "too many fds for " + spec.argv[0] + " (at most 64)");
+  }
   std::vector<char*> argv;
   for (const std::string& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -94,9 +112,20 @@ Child spawn_child(const SpawnSpec& spec) {
   ::close(rd0);
   ::close(wr0);
 
+  // No signal may reach the child while it still has our handlers.
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_BLOCK, &all, &old);
+  pid_t parent = ::getpid();
   pid_t pid = ::fork();
-  if (pid < 0) throw system_error(Exit::kEnvironment, "cannot fork for", spec.argv[0], errno);
-  if (pid == 0) child_main(spec, argv.data(), wr);
+  if (pid == 0) child_main(spec, argv.data(), wr, parent);
+  int fork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) {
+    ::close(rd);
+    ::close(wr);
+    throw system_error(Exit::kEnvironment, "cannot fork for", spec.argv[0], fork_errno);
+  }
   ::close(wr);
   int msg[2];
   ssize_t got;
