@@ -3,6 +3,7 @@
 // failure. And `passlaunch ctl`/`list` against the running VM.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "run/spawn.h"
@@ -364,6 +366,48 @@ TEST_F(RunQemu, TpmIsServedBySwtpmForTheVmsLife) {
   ::kill(run.pid(), SIGTERM);
   EXPECT_EQ(run.wait(60s), 0) << run.out().text();
   EXPECT_TRUE(processes_with("dir=" + state).empty()) << "swtpm is gone with the VM";
+}
+
+}  // namespace
+}  // namespace pl
+
+namespace pl {
+namespace {
+
+/// The scheduling policy of a thread (field 41 of /proc/PID/task/TID/stat).
+int sched_policy(pid_t pid, pid_t tid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  std::istringstream rest(text.substr(text.rfind(')') + 2));  // after "(comm) "
+  std::string field;
+  for (int i = 3; i <= 41 && rest >> field; ++i) {
+    if (i == 41) return std::stoi(field);
+  }
+  return -1;
+}
+
+TEST_F(RunQemu, RealtimePriorityAppliesToVcpuThreadsOnly) {
+  Passlaunch run({"run", write_profile(std::regex_replace(
+                             guest_profile(name_, "normal"), std::regex(R"("vcpus": \[1\],)"),
+                             R"("vcpus": [1], "realtime_priority": 1,)"))},
+                 dir_.path());
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  pid_t qemu = qemu_pid();
+  int fifo = 0, other = 0;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(qemu) + "/task")) {
+    pid_t tid = std::stoi(e.path().filename());
+    if (comm(qemu, e.path().filename()).rfind("CPU 0/", 0) == 0) {
+      EXPECT_EQ(sched_policy(qemu, tid), SCHED_FIFO);
+      ++fifo;
+    } else {
+      EXPECT_EQ(sched_policy(qemu, tid), SCHED_OTHER);
+      ++other;
+    }
+  }
+  EXPECT_EQ(fifo, 1);
+  EXPECT_GE(other, 1);
+  ::kill(run.pid(), SIGTERM);
+  EXPECT_EQ(run.wait(60s), 0) << run.out().text();
 }
 
 }  // namespace
