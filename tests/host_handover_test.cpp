@@ -396,7 +396,13 @@ TEST(HostHandover, StuckUnbindTimesOutAndKeepsJournalForRecover) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   ASSERT_FALSE(h.fs().readlink("/sys/bus/pci/devices/0000:01:00.1/driver"));
-  recover("win11", env);
+  // This process never touches the stuck device again (on a real host its
+  // sysfs files could block on the device lock for good)...
+  EXPECT_THROW(recover("win11", env), Error);
+  EXPECT_TRUE(Journal::open(h.fs(), "win11")) << "the journal is kept for a later recover";
+  // ...`passlaunch recover`, a new process, restores everything.
+  HostEnv fresh = h.env();
+  recover("win11", fresh);
   EXPECT_EQ(sim::diff(before, h.snapshot()), "");
 }
 
@@ -503,6 +509,36 @@ TEST(HostHandover, DryRunPlanShowsRefusal) {
   EXPECT_TRUE(lines.front().starts_with(
       "1/7 check: WOULD REFUSE: the host holds changes of an earlier run of win11"))
       << lines.front();
+}
+
+}  // namespace
+}  // namespace pl::host
+
+namespace pl::host {
+namespace {
+
+// A module that is still used at release (vfio held by a soft dependency such
+// as vfio_iommu_type1, or by another VM) stays loaded: the release succeeds.
+TEST(HostHandover, ModuleStillInUseAtReleaseIsLeftLoaded) {
+  SimHost h;
+  HostEnv env = h.env();
+  std::ostringstream log;
+  env.log = &log;
+  Handover handover(seed_config(), env);
+  handover.prepare();
+  ASSERT_TRUE(h.fs().exists("/sys/module/vfio"));
+  {  // someone else holds it too
+    std::string path = h.root() + "/sys/module/vfio/refcnt";
+    int refs = 0;
+    std::ifstream(path) >> refs;
+    std::ofstream(path) << refs + 1 << "\n";
+  }
+  handover.release();
+  EXPECT_FALSE(Journal::open(h.fs(), "win11")) << "released";
+  EXPECT_TRUE(h.fs().exists("/sys/module/vfio"));
+  EXPECT_NE(log.str().find("kernel module vfio is in use; left loaded"), std::string::npos)
+      << log.str();
+  EXPECT_EQ(driver(h, "0000:01:00.0"), "nvidia") << "the GPU is back on its host driver";
 }
 
 }  // namespace

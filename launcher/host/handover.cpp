@@ -1,10 +1,12 @@
 #include "host/handover.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <fstream>
 #include <future>
 #include <map>
 #include <ostream>
@@ -174,6 +176,7 @@ void unbind_pci(HostEnv& env, const std::string& driver, const std::string& addr
     result->set_value(fs->write(path, address));
   }).detach();
   if (done.wait_for(timeout) != std::future_status::ready) {
+    env.stuck_devices.insert(address);
     throw UnbindTimeout(
         Exit::kEnvironment,
         "unbinding " + address + " from " + driver + " did not finish within " +
@@ -183,6 +186,17 @@ void unbind_pci(HostEnv& env, const std::string& driver, const std::string& addr
   int err = done.get();
   if (err != 0 && err != ENODEV)
     throw system_error(Exit::kFailed, "writing \"" + address + "\" to", fs->real(path), err);
+}
+
+/// A device whose unbind timed out is not touched again (see HostEnv).
+void refuse_stuck(HostEnv& env, const std::string& address) {
+  if (env.stuck_devices.count(address)) {
+    throw Error(Exit::kFailed,
+                "PCI device " + address +
+                    " is still held by its driver after a timed-out unbind; "
+                    "not touched again by this process",
+                "once `dmesg` shows the driver let go, run `passlaunch recover`");
+  }
 }
 
 void wait_inactive(HostEnv& env, const std::string& unit, milliseconds timeout) {
@@ -245,6 +259,7 @@ ProcessResult run_hook(const std::string& path, const std::string& vm, const std
 /// takes it when it loads.
 void pin_pci(HostEnv& env, const std::string& address, const std::string& driver,
              milliseconds timeout) {
+  refuse_stuck(env, address);
   auto d = read_pci_device(env.fs, address);
   if (!d) throw Error(Exit::kFailed, "PCI device " + address + " has disappeared");
   if (d->driver == driver) return;
@@ -262,16 +277,20 @@ void settle_pci(HostEnv& env, const json& e, std::vector<std::string>& failures)
   const std::string driver = e.value("driver", "");
   const std::string override_ = e.value("override", "");
   try {
+    refuse_stuck(env, address);
     auto d = read_pci_device(env.fs, address);
     if (!d) throw Error(Exit::kFailed, "PCI device " + address + " has disappeared");
     if (d->driver != driver && !driver.empty() && env.fs.exists("/sys/bus/pci/drivers/" + driver)) {
       pin_pci(env, address, driver, kRecoverUnbindTimeout);
     }
-    if (read_pci_device(env.fs, address)->driver_override != override_) {
+    d = read_pci_device(env.fs, address);
+    if (!d) throw Error(Exit::kFailed, "PCI device " + address + " has disappeared");
+    if (d->driver_override != override_) {
       write_attr(env.fs, "/sys/bus/pci/devices/" + address + "/driver_override",
                  override_.empty() ? "\n" : override_);
     }
     d = read_pci_device(env.fs, address);
+    if (!d) throw Error(Exit::kFailed, "PCI device " + address + " has disappeared");
     if (d->driver != driver) {
       failures.push_back(address + " is " +
                          (d->driver.empty() ? "unbound" : "bound to " + d->driver) + ", expected " +
@@ -303,6 +322,12 @@ void undo_one(HostEnv& env, const json& e, const std::string& vm, const std::str
     for (const std::string m : e.at("modules")) {
       if (!module_state(env.fs, m).loaded) continue;
       int err = env.modules.remove(m);
+      if (err == EBUSY) {
+        // Still used (a soft dependency such as vfio_iommu_type1, or another
+        // VM's vfio-pci devices): a loaded module changes nothing for the host.
+        log(env, "release: kernel module " + m + " is in use; left loaded");
+        continue;
+      }
       if (err != 0 && err != ENOENT)
         throw system_error(Exit::kFailed, "unloading kernel module", m, err);
     }
@@ -825,6 +850,21 @@ void release_journal(const std::string& vm, HostEnv& env) {
   replay(*j, env, "release");
 }
 
+namespace {
+
+/// The launcher that wrote a journal is still running (not us): its VM is up.
+std::optional<pid_t> live_writer(const Journal& j) {
+  pid_t pid = j.header().value("pid", 0);
+  if (pid <= 0 || pid == ::getpid() || ::kill(pid, 0) != 0) return std::nullopt;
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  if (name != "passlaunch") return std::nullopt;
+  return pid;
+}
+
+}  // namespace
+
 std::vector<std::string> recover(const std::string& vm, HostEnv& env) {
   std::vector<std::string> names =
       vm.empty() ? Journal::list(env.fs) : std::vector<std::string>{vm};
@@ -838,6 +878,17 @@ std::vector<std::string> recover(const std::string& vm, HostEnv& env) {
     if (!j->live(env.fs)) {
       log(env, "recover: discarding the journal of " + name + " from an earlier boot");
       j->remove();
+      continue;
+    }
+    if (auto pid = live_writer(*j)) {
+      // Undoing a running VM's changes would pull its devices away.
+      if (!vm.empty()) {
+        throw Error(Exit::kFailed,
+                    "VM " + name + " is running (launcher pid " + std::to_string(*pid) +
+                        "): its host changes are in use",
+                    "stop it with `passlaunch ctl " + name + " shutdown`; it restores the host");
+      }
+      log(env, "recover: " + name + " is running (pid " + std::to_string(*pid) + "), left alone");
       continue;
     }
     log(env, "recover: undoing " + std::to_string(j->entries().size()) + " change(s) of " + name);

@@ -8,6 +8,7 @@
 #include <functional>
 #include <iosfwd>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,10 @@ struct HostEnv {
   /// Called after every host change and after every step ("change", "step");
   /// tests use it to kill the process at each point. May be empty.
   std::function<void(const std::string& event)> on_event;
+  /// Devices whose unbind timed out: their driver may still hold the device
+  /// lock, so any further sysfs access to them could block for good. They are
+  /// not touched again by this process; the journal keeps their inverse.
+  std::set<std::string> stuck_devices = {};
 };
 
 /// systemctl-backed service manager (the real host).

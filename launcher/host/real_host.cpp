@@ -79,7 +79,9 @@ class SystemdServices : public ServiceManager {
   bool is_active(const std::string& unit) override {
     return run_process({"systemctl", "is-active", "--quiet", unit}).status == 0;
   }
-  void stop(const std::string& unit) override { systemctl({"stop", unit}, true); }
+  // --no-block: the job is queued and the caller waits with its own deadline
+  // (wait_inactive), so a unit with a long TimeoutStopSec cannot stall us.
+  void stop(const std::string& unit) override { systemctl({"stop", "--no-block", unit}, true); }
   void start(const std::string& unit) override { systemctl({"start", unit}, true); }
   std::string allowed_cpus(const std::string& unit) override {
     return trim(systemctl({"show", "-p", "AllowedCPUs", "--value", unit}, true).output);

@@ -107,7 +107,13 @@ struct TapSet {
   TapSet(const TapSet&) = delete;
   ~TapSet() {
     close_fds();
-    for (const TapDevice& t : devices) delete_link(t.ifname);
+    for (const TapDevice& t : devices) {
+      try {
+        delete_link(t.ifname);
+      } catch (const std::exception&) {
+        // The journal's delete_link inverse tries again, and reports.
+      }
+    }
   }
   void close_fds() {
     for (TapDevice& t : devices) pl::close_fds(t);
