@@ -93,9 +93,12 @@ struct ProcessResult {
   std::string output;  ///< stdout (and stderr when merged)
 };
 
-/// Runs argv[0] (searched in PATH) with extra environment variables
-/// ("NAME=value"), capturing stdout+stderr. Throws when it cannot be started.
+/// Runs argv[0] (searched in PATH) in its own process group with extra
+/// environment variables ("NAME=value"), capturing stdout+stderr until it
+/// exits (not until every child it left closes the pipe). After `timeout`
+/// the whole group is SIGKILLed (status 137). Throws when it cannot start.
 ProcessResult run_process(const std::vector<std::string>& argv,
-                          const std::vector<std::string>& env = {});
+                          const std::vector<std::string>& env = {},
+                          std::chrono::milliseconds timeout = std::chrono::minutes(5));
 
 }  // namespace pl::host

@@ -3,12 +3,15 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <libkmod.h>
+#include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <thread>
 #include <type_traits>
 
@@ -20,8 +23,8 @@ extern char** environ;
 
 namespace pl::host {
 
-ProcessResult run_process(const std::vector<std::string>& argv,
-                          const std::vector<std::string>& env) {
+ProcessResult run_process(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                          std::chrono::milliseconds timeout) {
   int pipefd[2];
   if (::pipe2(pipefd, O_CLOEXEC) != 0)
     throw system_error(Exit::kEnvironment, "pipe for", argv[0], errno);
@@ -30,6 +33,11 @@ ProcessResult run_process(const std::vector<std::string>& argv,
   posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
   posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  // Its own process group, so that a timeout can stop whatever it started.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -40,25 +48,48 @@ ProcessResult run_process(const std::vector<std::string>& argv,
   for (auto& e : env_strings) envp.push_back(e.data());
   envp.push_back(nullptr);
   pid_t pid = 0;
-  int rc = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), envp.data());
+  int rc = ::posix_spawnp(&pid, args[0], &fa, &attr, args.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
   ::close(pipefd[1]);
   if (rc != 0) {
     ::close(pipefd[0]);
     throw system_error(Exit::kEnvironment, "cannot start", argv[0], rc);
   }
+  // Read until EOF or until the process has exited (a background child it
+  // left may hold the pipe open for ever), at most until the deadline.
   ProcessResult result;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
   char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(pipefd[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
+  int status = 0;
+  bool exited = false, eof = false;
+  while (!exited) {
+    if (!eof) {
+      pollfd p{pipefd[0], POLLIN, 0};
+      if (::poll(&p, 1, 100) > 0) {
+        ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+        if (n > 0) {
+          result.output.append(buf, static_cast<size_t>(n));
+          continue;
+        }
+        if (n == 0) eof = true;
+      }
+    }
+    pid_t w = ::waitpid(pid, &status, eof ? 0 : WNOHANG);
+    if (w == pid) exited = true;
+    if (!exited && std::chrono::steady_clock::now() > deadline) {
+      ::kill(-pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      result.output += "\n(killed after " + std::to_string(timeout.count() / 1000) + " s)";
+      exited = true;
+    }
+  }
+  // What it wrote just before exiting.
+  ::fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+  for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) {
     result.output.append(buf, static_cast<size_t>(n));
   }
   ::close(pipefd[0]);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
   result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return result;
 }
