@@ -543,3 +543,37 @@ TEST(HostHandover, ModuleStillInUseAtReleaseIsLeftLoaded) {
 
 }  // namespace
 }  // namespace pl::host
+
+namespace pl::host {
+namespace {
+
+// A release hook runs once, even when the replay that ran it failed later and
+// recover has to run again.
+TEST(HostHandover, ReleaseHookIsNotRunAgainByALaterRecover) {
+  SimHost h;
+  HostEnv env = h.env();
+  std::string counter = h.root() + "/hook-runs";
+  std::string hook = h.root() + "/release-hook";
+  std::ofstream(hook) << "#!/bin/sh\necho run >> " << counter << "\n";
+  fsys::permissions(hook, fsys::perms::owner_all);
+  {
+    Journal j = Journal::create(h.fs(), "vmx", {});
+    j.append({{"step", "modules"}, {"undo", "load_module"}, {"module", "no_such_module"}});
+    j.append({{"step", "hooks"}, {"undo", "hook"}, {"path", hook}});
+  }
+  auto runs = [&] {
+    std::ifstream in(counter);
+    std::string line;
+    int n = 0;
+    while (std::getline(in, line)) ++n;
+    return n;
+  };
+  EXPECT_THROW(recover("vmx", env), Error);  // the module inverse fails
+  EXPECT_EQ(runs(), 1);
+  EXPECT_THROW(recover("vmx", env), Error);  // still failing; the hook is not run again
+  EXPECT_EQ(runs(), 1);
+  EXPECT_TRUE(Journal::open(h.fs(), "vmx")) << "kept until everything is undone";
+}
+
+}  // namespace
+}  // namespace pl::host

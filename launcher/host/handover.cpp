@@ -361,7 +361,17 @@ void replay(Journal& journal, HostEnv& env, const std::string& phase, bool keep_
   const std::string devices = join(devs, " ");
   std::vector<std::string> failures;
   std::vector<json> pci;
-  const auto& entries = journal.entries();
+  // A hook is not idempotent: once it ran, a "done" record says so, and a
+  // later replay (after another inverse failed, or a crash in release) skips
+  // it. Every other inverse checks the host first and may simply run again.
+  std::set<int> done;
+  for (const json& e : journal.entries()) {
+    if (e.contains("done")) done.insert(e["done"].get<int>());
+  }
+  std::vector<json> entries;  // a copy: appending "done" records grows the journal
+  for (const json& e : journal.entries()) {
+    if (!e.contains("done") && !done.count(e.value("seq", 0))) entries.push_back(e);
+  }
   size_t i = entries.size();
   while (i > 0) {
     // One group of inverses per prepare step, newest step first.
@@ -373,6 +383,9 @@ void replay(Journal& journal, HostEnv& env, const std::string& phase, bool keep_
       try {
         undo_one(env, e, vm, devices);
         if (e.value("undo", "") == "pci_restore") pci.push_back(e);
+        if (e.value("undo", "") == "hook") {
+          journal.append({{"step", "done"}, {"done", e.value("seq", 0)}});
+        }
       } catch (const std::exception& err) {
         failures.push_back(err.what());
       }
