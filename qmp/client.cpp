@@ -336,9 +336,16 @@ struct Impl : std::enable_shared_from_this<Impl> {
     stats.events++;
     const auto& name = ev["event"].get_ref<const std::string&>();
     if (name == "SHUTDOWN") last_shutdown = ev;
-    // Copies: a listener may add or remove listeners or subscriptions.
-    auto ls = listeners;
-    for (auto& [id, fn] : ls) {
+    // A listener may add or remove listeners (or close the client): walk a
+    // copy of the ids and call only those still registered at their turn.
+    std::vector<std::uint64_t> ids;
+    for (const auto& l : listeners) ids.push_back(l.first);
+    for (std::uint64_t id : ids) {
+      if (state == State::closed) break;
+      auto it = std::find_if(listeners.begin(), listeners.end(),
+                             [id](const auto& l) { return l.first == id; });
+      if (it == listeners.end()) continue;
+      Client::Listener fn = it->second;  // the listener may remove itself
       try {
         fn(ev);
       } catch (const std::exception& e) {

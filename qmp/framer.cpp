@@ -153,7 +153,8 @@ std::optional<nlohmann::json> Framer::next() {
     try {
       return nlohmann::json::parse(buf_.begin() + static_cast<std::ptrdiff_t>(b),
                                    buf_.begin() + static_cast<std::ptrdiff_t>(e));
-    } catch (const nlohmann::json::parse_error& ex) {
+    } catch (const nlohmann::json::exception& ex) {
+      // parse_error, and also out_of_range for numbers such as 1e400.
       complete_.clear();
       fail(std::string("invalid JSON: ") + ex.what());
     }

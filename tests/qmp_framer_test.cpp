@@ -174,3 +174,18 @@ TEST(QmpFramer, Utf8AndEscapesSurvive) {
 
 }  // namespace
 }  // namespace qmp
+
+namespace qmp {
+namespace {
+
+// nlohmann reports a number out of range (1e400) as out_of_range, not
+// parse_error: still a protocol error of the stream, reported at once.
+TEST(QmpFramer, NumberOutOfRangeIsAProtocolError) {
+  Framer f;
+  f.feed("{\"return\": 1e400}\r\n");
+  EXPECT_THROW(f.next(), Error);
+  EXPECT_TRUE(f.failed());
+}
+
+}  // namespace
+}  // namespace qmp

@@ -149,7 +149,7 @@ awaitable<void> ControlServer::serve(std::shared_ptr<Session> s) {
       std::optional<json> msg;
       try {
         msg = s->framer.next();
-      } catch (const qmp::Error& e) {
+      } catch (const std::exception& e) {
         send(s, error_reply("GenericError", std::string("JSON parse error: ") + e.what(), nullptr));
         bad = true;
         break;
