@@ -82,7 +82,8 @@ struct Call : Waiter {
 
 struct Outgoing {
   std::string data;
-  int fd = -1;  // our dup, closed once sent
+  int fd = -1;           // our dup, closed once sent
+  std::uint64_t id = 0;  // the command's id
 };
 
 // Shortens a message for error texts.
@@ -136,6 +137,9 @@ struct Impl : std::enable_shared_from_this<Impl> {
   std::unordered_map<std::uint64_t, std::shared_ptr<Call>> pending;
   std::deque<Outgoing> outq;
   std::size_t out_offset = 0;  // bytes of outq.front() already sent
+  /// An fd-bearing command that timed out after it was sent: the fd slot stays
+  /// taken until its late reply arrives (or the connection ends).
+  std::optional<std::uint64_t> late_fd_id;
   bool write_waiting = false;
   bool fd_busy = false;
   std::deque<std::shared_ptr<Waiter>> fd_waiters;
@@ -290,6 +294,11 @@ struct Impl : std::enable_shared_from_this<Impl> {
         pending.erase(it);
       }
     }
+    if (!call && late_fd_id && id->is_number_unsigned() &&
+        id->get<std::uint64_t>() == *late_fd_id) {
+      late_fd_id.reset();
+      release_fd_slot();  // that fd-bearing command is done at last
+    }
     if (!call) {
       stats.dropped_replies++;
       log("QMP reply with unknown id dropped (late after a timeout, or duplicate): " +
@@ -362,9 +371,23 @@ struct Impl : std::enable_shared_from_this<Impl> {
 
   // ---- writing -------------------------------------------------------------
 
-  void enqueue(std::string data, int fd) {
-    outq.push_back({std::move(data), fd});
+  void enqueue(std::string data, int fd, std::uint64_t id) {
+    outq.push_back({std::move(data), fd, id});
     if (!write_waiting) flush();
+  }
+
+  /// Takes back a command that timed out before any of its bytes were sent,
+  /// so that QEMU never runs it and a stalled peer cannot grow the queue.
+  /// False when it is (partly) on the wire already.
+  bool unsend(std::uint64_t id) {
+    for (auto it = outq.begin(); it != outq.end(); ++it) {
+      if (it->id != id) continue;
+      if (it == outq.begin() && out_offset > 0) return false;
+      if (it->fd >= 0) ::close(it->fd);
+      outq.erase(it);
+      return true;
+    }
+    return false;
   }
 
   // Sends what the socket takes now (non-blocking); on EAGAIN a coroutine
@@ -502,10 +525,16 @@ struct Impl : std::enable_shared_from_this<Impl> {
     auto call = std::make_shared<Call>(self->executor, name);
     self->pending.emplace(id, call);
     if (name == "quit") self->quit_sent = true;
-    self->enqueue(std::move(data), dup_fd);
+    self->enqueue(std::move(data), dup_fd, id);
 
     if (!co_await call->wait_until(deadline)) {
       self->pending.erase(id);  // a late reply is now an unknown id, dropped
+      if (!self->unsend(id) && slot.impl) {
+        // QEMU has (part of) it and may still run it with the fd attached:
+        // the next fd-bearing command waits until this one's reply arrives.
+        self->late_fd_id = id;
+        slot.impl = nullptr;
+      }
       throw Error(ErrorKind::timeout,
                   "QMP command '" + name + "' timed out after " + seconds(limit), name);
     }

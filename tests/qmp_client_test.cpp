@@ -7,6 +7,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <future>
 #include <set>
 
 #include "qmp/client.h"
@@ -705,6 +706,43 @@ TEST(QmpClient, FdPassingSendsTheFdWithTheCommandOneAtATime) {
   for (auto& r : results) EXPECT_TRUE(r.value) << r.error->what();
   c.close();
   ::close(memfd);
+  EXPECT_EQ(server.failure(), "");
+}
+
+}  // namespace
+}  // namespace qmp::testing
+
+namespace qmp::testing {
+namespace {
+
+// A command that times out before any of its bytes reached the socket (QEMU
+// not reading) is taken back: QEMU never runs it, and the queue cannot grow
+// without bound behind a stalled peer.
+TEST(QmpClient, CommandTimedOutBeforeSendingIsNeverSent) {
+  TempDir dir;
+  std::promise<void> go;
+  auto started = go.get_future().share();
+  FakeServer server(dir, [started](Peer& p) {
+    p.negotiate();
+    started.wait();  // stall: the client's big command fills the socket
+    json big = p.expect("big");
+    p.reply(big, "ok");
+    json next = p.expect("after");  // "queued" must not come in between
+    p.reply(next, "after-reply");
+    p.wait_eof();
+  });
+  SyncClient c;
+  c.connect(server.path, fake_connect());
+  json big_result;
+  boost::asio::co_spawn(c.context(),
+                        c.client().execute("big", {{"blob", std::string(8 << 20, 'x')}}, 60s),
+                        [&](std::exception_ptr, json r) { big_result = std::move(r); });
+  Error e = expect_error([&] { c.execute("queued", nullptr, 200ms); });
+  EXPECT_EQ(e.kind(), ErrorKind::timeout);
+  go.set_value();
+  EXPECT_EQ(c.execute("after", nullptr, 60s), "after-reply");
+  EXPECT_EQ(big_result, "ok");
+  c.close();
   EXPECT_EQ(server.failure(), "");
 }
 
