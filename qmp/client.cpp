@@ -648,8 +648,11 @@ awaitable<json> Subscription::next(std::optional<Duration> timeout) {
   return next_until(deadline_after(timeout));
 }
 
-awaitable<json> Subscription::next_until(Clock::time_point deadline) {
-  auto st = st_;  // the frame keeps the queue alive
+namespace {
+
+// The coroutine bodies take their state by value: an awaitable starts only when
+// awaited (or later, when co_spawned), so it must not read through `this`.
+awaitable<json> next_event(std::shared_ptr<detail::SubState> st, Clock::time_point deadline) {
   if (!st) throw std::logic_error("qmp::Subscription::next on an empty subscription");
   if (st->queue.empty() && !st->ended) {
     auto w = std::make_shared<Waiter>(st->executor);
@@ -666,6 +669,12 @@ awaitable<json> Subscription::next_until(Clock::time_point deadline) {
   throw Error(ErrorKind::timeout,
               "no " + (st->name.empty() ? std::string("QMP event") : st->name + " event") +
                   " before the deadline");
+}
+
+}  // namespace
+
+awaitable<json> Subscription::next_until(Clock::time_point deadline) {
+  return next_event(st_, deadline);
 }
 
 std::optional<json> Subscription::try_next() {
@@ -736,8 +745,9 @@ awaitable<json> Client::wait_for_event(std::string name, Predicate pred,
   return wait_for(subscribe(std::move(name)), std::move(pred), deadline_after(timeout));
 }
 
-awaitable<Ending> Client::wait_closed() {
-  auto self = impl_;
+namespace {
+
+awaitable<Ending> wait_ending(std::shared_ptr<detail::Impl> self) {
   if (!self->ending) {
     auto w = std::make_shared<Waiter>(self->executor);
     self->closed_waiters.push_back(w);
@@ -745,6 +755,10 @@ awaitable<Ending> Client::wait_closed() {
   }
   co_return *self->ending;
 }
+
+}  // namespace
+
+awaitable<Ending> Client::wait_closed() { return wait_ending(impl_); }
 
 void Client::close() {
   impl_->finish(
