@@ -411,7 +411,10 @@ struct Sampler::Impl {
     sl.seen = true;
     sl.tid = tid;
     sl.record = static_cast<int>(records.size() - 1);
-    if (ring_ready) io_uring_register_files_update(&ring, static_cast<unsigned>(3 * s), sl.fd, 3);
+    if (ring_ready) {
+      int rc = io_uring_register_files_update(&ring, static_cast<unsigned>(3 * s), sl.fd, 3);
+      if (rc < 0) throw system_error(Exit::kEnvironment, "io_uring_register_files_update", "", -rc);
+    }
     return true;
   }
 
@@ -495,11 +498,14 @@ struct Sampler::Impl {
     // the kernel post them all now (with min_complete 0 it posts at most a
     // few dozen per call); they have had a whole interval to finish.
     size_t owed = outstanding[1 - p];
-    if (owed > 0)
-      io_uring_submit_and_wait(&ring, static_cast<unsigned>(owed));
-    else
-      io_uring_submit_and_get_events(&ring);
-    ++uring_enters;
+    int rc;
+    do {
+      rc = owed > 0 ? io_uring_submit_and_wait(&ring, static_cast<unsigned>(owed))
+                    : io_uring_submit_and_get_events(&ring);
+      ++uring_enters;
+    } while (rc == -EINTR);
+    // Anything else would leave a batch that never completes: fail loudly.
+    if (rc < 0) throw system_error(Exit::kEnvironment, "io_uring submit", "", -rc);
     harvest();
   }
 
