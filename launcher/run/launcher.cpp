@@ -234,7 +234,9 @@ class Supervisor {
     bool journaled = passthrough || needs_taps(profile_);
     std::optional<host::RealHost> real;
     std::optional<host::HostEnv> env;
-    if (journaled) {
+    if (options_.host_env) {
+      env.emplace(*options_.host_env);
+    } else if (journaled) {
       real.emplace(options_.host_root);
       env.emplace(real->env(options_.quiet ? nullptr : &std::cerr));
     }

@@ -10,6 +10,9 @@
 #include "profile/profile.h"
 
 namespace pl {
+namespace host {
+struct HostEnv;
+}
 
 struct RunOptions {
   std::string host_root = "/";  ///< sysfs/procfs root (tests use a simulated host)
@@ -18,6 +21,9 @@ struct RunOptions {
   /// the report (the JSON of `passlaunch latency`) here when it ends.
   std::string latency_log;
   std::chrono::milliseconds latency_interval{10};
+  /// The host to hand over and restore; null: the real one under host_root.
+  /// Tests pass a simulated host (its filesystem under host_root).
+  host::HostEnv* host_env = nullptr;
 };
 
 /// Runs the VM until it ends; returns the exit code (see README "Exit codes").
