@@ -130,16 +130,6 @@ TEST(PinCheck, ReadsTopologyFromSysfsLayout) {
   EXPECT_EQ(t.siblings[1], (std::vector<int>{0, 1}));
 }
 
-std::string cpus_allowed_list(pid_t pid, pid_t tid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Cpus_allowed_list:", 0) == 0)
-      return line.substr(line.find_first_not_of(" \t", 18));
-  }
-  return "";
-}
-
 // Real QEMU, paused: thread ids from QMP, pins applied, /proc agrees.
 TEST(PinQemu, PinsEveryThreadOfAPausedQemu) {
   if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs 2 CPUs";
@@ -180,12 +170,12 @@ TEST(PinQemu, PinsEveryThreadOfAPausedQemu) {
   Pinning pin{{1, 0}, {0}, {{"io1", {1}}}, {}};
   auto pins = plan_pins(pin, q, list_threads(qemu.pid()));
   apply_pins(pins, std::nullopt);
-  EXPECT_EQ(cpus_allowed_list(qemu.pid(), q.vcpus[0]), "1");
-  EXPECT_EQ(cpus_allowed_list(qemu.pid(), q.vcpus[1]), "0");
-  EXPECT_EQ(cpus_allowed_list(qemu.pid(), q.iothreads["io1"]), "1");
+  EXPECT_EQ(test::cpus_allowed_list(qemu.pid(), q.vcpus[0]), "1");
+  EXPECT_EQ(test::cpus_allowed_list(qemu.pid(), q.vcpus[1]), "0");
+  EXPECT_EQ(test::cpus_allowed_list(qemu.pid(), q.iothreads["io1"]), "1");
   for (const ThreadInfo& t : list_threads(qemu.pid())) {
     if (t.tid != q.vcpus[0] && t.tid != q.vcpus[1] && t.tid != q.iothreads["io1"]) {
-      EXPECT_EQ(cpus_allowed_list(qemu.pid(), t.tid), "0") << t.name;
+      EXPECT_EQ(test::cpus_allowed_list(qemu.pid(), t.tid), "0") << t.name;
     }
   }
   std::string table = format_pin_table(pins);

@@ -30,15 +30,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-std::string cpus_allowed(pid_t pid, pid_t tid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("Cpus_allowed_list:", 0) == 0)
-      return line.substr(line.find_first_not_of(" \t", 18));
-  }
-  return "";
-}
-
 std::string comm(pid_t pid, const std::string& tid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + tid + "/comm");
   std::string s;
@@ -83,7 +74,7 @@ TEST_F(RunQemu, BootsPinnedAndPowersOffOnSigterm) {
   for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(qemu) + "/task")) {
     std::string tid = e.path().filename();
     std::string name = comm(qemu, tid);
-    std::string allowed = cpus_allowed(qemu, std::stoi(tid));
+    std::string allowed = test::cpus_allowed_list(qemu, std::stoi(tid));
     if (name.rfind("CPU 0/", 0) == 0) {
       ++vcpus;
       EXPECT_EQ(allowed, "1") << name;

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <thread>
@@ -62,6 +63,15 @@ std::pair<int, std::string> capture(const std::vector<std::string>& argv) {
   ::waitpid(c.pid, &status, 0);
   ::close(c.pidfd);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out.text()};
+}
+
+std::string cpus_allowed_list(pid_t pid, pid_t tid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Cpus_allowed_list:", 0) == 0)
+      return line.substr(line.find_first_not_of(" \t", 18));
+  }
+  return "";
 }
 
 bool kvm_works() { return kvm_usable(); }

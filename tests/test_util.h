@@ -34,6 +34,9 @@ int run_command(const std::vector<std::string>& argv);
 /// Runs a program (no shell): {exit status or -1, stdout and stderr}.
 std::pair<int, std::string> capture(const std::vector<std::string>& argv);
 
+/// Cpus_allowed_list of a thread, from /proc/PID/task/TID/status ("" if gone).
+std::string cpus_allowed_list(pid_t pid, pid_t tid);
+
 /// True when a paused VM can run under KVM here.
 bool kvm_works();
 

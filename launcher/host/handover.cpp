@@ -713,21 +713,26 @@ std::map<std::string, std::string> drivers_of(const std::vector<IommuGroup>& gro
 
 }  // namespace
 
+std::optional<std::string> refuse_unrestored(HostFs& fs, const std::string& vm,
+                                             bool discard_stale) {
+  auto j = Journal::open(fs, vm);
+  if (!j) return std::nullopt;
+  if (j->live(fs)) {
+    throw Error(Exit::kHostDirty,
+                "the host holds changes of an earlier run of " + vm + " that were not restored (" +
+                    j->path() + ")",
+                "run `passlaunch recover " + vm + "`");
+  }
+  if (!discard_stale) return std::nullopt;
+  j->remove();  // from an earlier boot: nothing of it is left on this host
+  return j->path();
+}
+
 void Handover::check_can_start(bool discard_stale) {
   HostFs& fs = env_.fs;
   const std::string& vm = config_.vm_name;
-  if (auto j = Journal::open(fs, vm)) {
-    if (!j->live(fs)) {
-      if (discard_stale) {
-        log(env_, "discarding the journal of " + vm + " from an earlier boot (" + j->path() + ")");
-        j->remove();
-      }
-    } else {
-      throw Error(Exit::kHostDirty,
-                  "the host holds changes of an earlier run of " + vm +
-                      " that were not restored (" + j->path() + ")",
-                  "run `passlaunch recover " + vm + "`");
-    }
+  if (auto stale = refuse_unrestored(fs, vm, discard_stale)) {
+    log(env_, "discarded the journal of " + vm + " from an earlier boot (" + *stale + ")");
   }
   groups_ = groups_of(fs, config_.pci_addresses);
   // Every member of a passed group must be passed too; bridges stay on the host.

@@ -80,6 +80,12 @@ class Handover {
   std::vector<IommuGroup> groups_;
 };
 
+/// Throws pl::Error(kHostDirty) when `vm` holds unrestored changes of this
+/// boot (a live journal). A journal of an earlier boot is deleted and its path
+/// returned, unless `discard_stale` is false (dry runs), which leaves it.
+std::optional<std::string> refuse_unrestored(HostFs& fs, const std::string& vm,
+                                             bool discard_stale = true);
+
 /// Replays the journal of `vm` as the end of a run (Handover::release for a
 /// VM without passthrough devices, whose journal holds only its taps).
 void release_journal(const std::string& vm, HostEnv& env);

@@ -245,7 +245,9 @@ class Supervisor {
       host::Handover handover(host::handover_config(profile_, fs), *env);
       handover.prepare();  // restores the host itself when it fails
     } else {
-      refuse_dirty_host(fs);
+      // Only taps change the host here; an unrestored journal still means an
+      // earlier run of this name crashed.
+      host::refuse_unrestored(fs, profile_.name);
     }
     // From here on, the host is given back however the run ends.
     int code;
@@ -266,21 +268,6 @@ class Supervisor {
   }
 
  private:
-  /// A VM without passthrough changes the host only through its taps; still,
-  /// an unrestored journal of this name means an earlier run crashed.
-  void refuse_dirty_host(host::HostFs& fs) {
-    auto j = host::Journal::open(fs, profile_.name);
-    if (!j) return;
-    if (!j->live(fs)) {
-      j->remove();  // from an earlier boot: nothing of it is left
-      return;
-    }
-    throw Error(Exit::kHostDirty,
-                "the host holds changes of an earlier run of " + profile_.name +
-                    " that were not restored (" + j->path() + ")",
-                "run `passlaunch recover " + profile_.name + "`");
-  }
-
   /// Replays the journal: taps deleted, devices back to their drivers, the
   /// display manager started. False (and a hint to recover) when it failed.
   bool release_host(host::HostEnv& env) {
@@ -385,18 +372,17 @@ class Supervisor {
   /// A romfile must be a valid ROM chain from offset 0, of the device's own
   /// vendor and device id when sysfs knows the device.
   void check_romfiles() {
+    host::HostFs fs(options_.host_root);
     for (size_t i = 0; i < profile_.devices.size(); ++i) {
       const VfioDevice& d = profile_.devices[i];
       if (d.romfile.empty()) continue;
-      std::string dev = options_.host_root + "/sys/bus/pci/devices/" + d.address.str();
-      auto read_id = [&](const char* leaf) -> std::optional<uint16_t> {
-        std::ifstream in(dev + "/" + leaf);
-        std::string text;
-        if (!(in >> text)) return std::nullopt;
-        return static_cast<uint16_t>(std::stoul(text, nullptr, 16));
-      };
+      std::optional<uint16_t> vendor, device;
+      if (auto pci = host::read_pci_device(fs, d.address.str())) {
+        vendor = pci->vendor;
+        device = pci->device;
+      }
       try {
-        rom::validate_romfile(d.romfile, read_id("vendor"), read_id("device"));
+        rom::validate_romfile(d.romfile, vendor, device);
       } catch (const Error& e) {
         throw Error(e.code(),
                     profile_.file + ": /devices/" + std::to_string(i) + "/romfile: " + e.what(),
@@ -624,12 +610,7 @@ class Supervisor {
       if (ec) co_return;
       std::string line = buf.substr(0, n - 1);
       buf.erase(0, n);
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (keep_tail) {
-        tail_.push_back(line);
-        if (tail_.size() > 20) tail_.pop_front();
-      }
-      log(prefix + ": " + line);
+      take_line(prefix, std::move(line), keep_tail);
     }
   }
 
@@ -692,6 +673,17 @@ class Supervisor {
     return out;
   }
 
+  /// One line of QEMU's stdout (the guest's serial console) or stderr: logged,
+  /// and for stderr kept in the tail shown when QEMU fails.
+  void take_line(const std::string& prefix, std::string line, bool keep_tail) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (keep_tail) {
+      tail_.push_back(line);
+      if (tail_.size() > 20) tail_.pop_front();
+    }
+    log(prefix + ": " + line);
+  }
+
   void drain(asio::posix::stream_descriptor& pipe, bool keep_tail) {
     // QEMU is gone, but a process it left behind could still hold the pipe:
     // wait at most a second for more, never for EOF alone.
@@ -706,12 +698,7 @@ class Supervisor {
     }
     size_t start = 0;
     for (size_t nl; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1) {
-      std::string line = buf.substr(start, nl - start);
-      if (keep_tail) {
-        tail_.push_back(line);
-        if (tail_.size() > 20) tail_.pop_front();
-      }
-      log(std::string(keep_tail ? "qemu" : "guest") + ": " + line);
+      take_line(keep_tail ? "qemu" : "guest", buf.substr(start, nl - start), keep_tail);
     }
   }
 
