@@ -6,6 +6,7 @@
 #include <deque>
 
 #include "qmp/framer.h"
+#include "run/runtime.h"
 
 namespace pl {
 
@@ -39,14 +40,7 @@ json error_reply(const std::string& cls, const std::string& desc, const json& id
 
 ControlServer::ControlServer(asio::any_io_executor ex, std::string path, qmp::Client& qemu)
     : ex_(ex), path_(std::move(path)), qemu_(qemu), acceptor_(ex) {
-  ::unlink(path_.c_str());
-  mode_t old = ::umask(0177);
-  boost::system::error_code ec;
-  acceptor_.open(stream(), ec);
-  if (!ec) acceptor_.bind(stream::endpoint(path_), ec);
-  if (!ec) acceptor_.listen(16, ec);
-  ::umask(old);
-  if (ec) throw std::runtime_error("cannot listen on " + path_ + ": " + ec.message());
+  acceptor_.assign(stream(), listen_unix(path_));
 }
 
 ControlServer::~ControlServer() { close(); }

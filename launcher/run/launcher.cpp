@@ -63,28 +63,6 @@ std::string wall_clock() {
   return buf;
 }
 
-/// A listening Unix socket at `path` (mode 0600) for QEMU to inherit.
-int listen_unix(const std::string& path) {
-  sockaddr_un addr{};
-  if (path.size() >= sizeof addr.sun_path) {
-    throw Error(Exit::kEnvironment, "socket path too long: " + path);
-  }
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw system_error(Exit::kEnvironment, "cannot create a socket for", path, errno);
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  ::unlink(path.c_str());
-  mode_t old = ::umask(0177);
-  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  ::umask(old);
-  if (rc != 0 || ::listen(fd, 4) != 0) {
-    int err = errno;
-    ::close(fd);
-    throw system_error(Exit::kEnvironment, "cannot listen on", path, err);
-  }
-  return fd;
-}
-
 /// Copies the OVMF variables template once into the VM's state directory.
 void prepare_ovmf_vars(const Profile& p, const HostFacts& f) {
   if (p.firmware.type != Firmware::Type::kOvmf) return;

@@ -3,10 +3,13 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -123,6 +126,27 @@ void RuntimeDir::write_qemu_pid(pid_t pid) {
   if (::rename(tmp.c_str(), file("qemu.pid").c_str()) != 0) {
     throw system_error(Exit::kEnvironment, "cannot write", file("qemu.pid"), errno);
   }
+}
+
+int listen_unix(const std::string& path) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof addr.sun_path) {
+    throw Error(Exit::kEnvironment, "socket path too long: " + path);
+  }
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw system_error(Exit::kEnvironment, "cannot create a socket for", path, errno);
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  ::unlink(path.c_str());
+  mode_t old = ::umask(0177);
+  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::umask(old);
+  if (rc != 0 || ::listen(fd, 4) != 0) {
+    int err = errno;
+    ::close(fd);
+    throw system_error(Exit::kEnvironment, "cannot listen on", path, err);
+  }
+  return fd;
 }
 
 std::optional<pid_t> running_launcher(const std::string& name) {

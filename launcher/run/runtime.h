@@ -33,6 +33,10 @@ class RuntimeDir {
   int lock_fd_ = -1;
 };
 
+/// A listening Unix socket at `path` (mode 0600, replacing a stale file):
+/// QMP and swtpm inherit one, the control socket serves on one.
+int listen_unix(const std::string& path);
+
 /// The launcher pid recorded in a VM's lock file, if a launcher holds it now.
 std::optional<pid_t> running_launcher(const std::string& name);
 
