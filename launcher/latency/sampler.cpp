@@ -396,7 +396,10 @@ struct Sampler::Impl {
     std::string_view name = n > 0 ? std::string_view(comm, static_cast<size_t>(n)) : "";
     if (!name.empty() && name.back() == '\n') name.remove_suffix(1);
     copy_str(r.name, name);
-    copy_str(r.role, to_string(classify_thread(r.name)));
+    if (auto known = opt.roles.find(tid); known != opt.roles.end())
+      copy_str(r.role, known->second);
+    else
+      copy_str(r.role, to_string(classify_thread(r.name)));
     CPU_ZERO(&r.allowed);
     if (sched_getaffinity(tid, sizeof r.allowed, &r.allowed) == 0) {
       std::vector<int> cpus;

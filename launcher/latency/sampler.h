@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -38,6 +39,10 @@ struct SamplerOptions {
   std::string csv_path;      ///< per-tick rows, one per thread and tick; empty: none
   std::string proc_root = "/proc";
   std::string vm;  ///< VM name, only to label the report
+  /// Roles known from QMP (tid -> "vcpu 0", "iothread io1"): they win over
+  /// the thread's name, which the kernel truncates to 15 bytes. Threads not
+  /// listed are classified by name (latency/role.h).
+  std::map<int, std::string> roles;
 };
 
 /// Samples one process. Construct, run() on one thread, stop() from any thread,
