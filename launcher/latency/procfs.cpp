@@ -24,7 +24,7 @@ std::optional<Schedstat> parse_schedstat(std::string_view text) {
   Schedstat s;
   if (!take_u64(text, s.run_ns) || !take_u64(text, s.wait_ns) || !take_u64(text, s.timeslices))
     return std::nullopt;
-  if (!text.empty() && text != "\n") return std::nullopt;
+  if (text != "\n") return std::nullopt;
   return s;
 }
 
@@ -44,20 +44,23 @@ std::optional<TaskStat> parse_task_stat(std::string_view text) {
     while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
     if (rest.empty() || rest.front() == '\n') break;
     auto end = rest.find_first_of(" \n");
+    if (end == std::string_view::npos) return std::nullopt;  // cut: the field may go on
     std::string_view tok = rest.substr(0, end);
-    rest.remove_prefix(end == std::string_view::npos ? rest.size() : end);
+    rest.remove_prefix(end);
     ++field;
     if (field == 3) {
       if (tok.size() != 1) return std::nullopt;
       st.state = tok[0];
-    } else if (field == 14 || field == 15 || field == 39) {
+    } else if (field == 14 || field == 15 || field == 22 || field == 39) {
       uint64_t v = 0;
       auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
       if (ec != std::errc{} || p != tok.data() + tok.size()) return std::nullopt;
       if (field == 14) utime = v;
       if (field == 15) st.cpu_ticks = utime + v;
+      if (field == 22) st.start_ticks = v;
       if (field == 39) {
         st.processor = static_cast<int>(v);
+        st.processor_end = static_cast<size_t>(rest.data() - text.data());
         have_cpu = true;
         break;
       }
@@ -71,7 +74,7 @@ std::optional<std::string_view> status_field(std::string_view text, std::string_
   size_t pos = 0;
   while (pos < text.size()) {
     size_t eol = text.find('\n', pos);
-    if (eol == std::string_view::npos) eol = text.size();
+    if (eol == std::string_view::npos) break;  // cut short: the line may go on
     std::string_view line = text.substr(pos, eol - pos);
     if (line.size() > key.size() && line.starts_with(key) && line[key.size()] == ':') {
       line.remove_prefix(key.size() + 1);

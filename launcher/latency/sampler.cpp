@@ -253,7 +253,10 @@ constexpr size_t kBufSize[3] = {128, 1024, 4096};
 constexpr size_t kBufOffset[3] = {0, 128, 128 + 1024};
 constexpr size_t kSlotBytes = 128 + 1024 + 4096;
 constexpr size_t kPlotPoints = 720;
-constexpr uint64_t kStatRefreshTicks = 64;
+// What a stat read is asked for past field 39 (the CPU): at most this much of
+// the rest of the line, and never more than half of it (see want_after()).
+constexpr size_t kStatTail = 48;
+constexpr uint64_t kTimerTag = ~uint64_t{0};  // user_data of the tick timer
 
 }  // namespace
 
@@ -278,7 +281,10 @@ struct Sampler::Impl {
     uint64_t delay_sum_ns = 0;
     uint64_t cpu_samples = 0, outside = 0;
     int last_cpu = -1;
-    bool ran_since_stat = false;  // ran since its last stat read: read it next tick
+    uint64_t start_ticks = 0;    // stat field 22: tells a reused tid from this thread
+    uint32_t cpu_countdown = 1;  // intervals it runs before its next CPU sample
+    bool stat_due = true;        // read stat in the next batch
+    bool stat_counted = false;   // ... and count it as a CPU sample
     bool exited = false;
     float series[kPlotPoints];
   };
@@ -290,13 +296,15 @@ struct Sampler::Impl {
     int record = -1;
     uint16_t gen = 0;
     int fd[3] = {-1, -1, -1};
+    uint16_t want[3] = {0, 0, 0};  // bytes to ask for; 0: not known yet, the whole buffer
   };
   // One read of one tick's batch.
   struct Entry {
     uint16_t slot;
     uint16_t gen;
     uint8_t kind;
-    bool counted;  // a stat read after the thread ran: counts as a CPU sample
+    bool counted;    // a stat read after the thread ran: counts as a CPU sample
+    uint16_t asked;  // bytes asked for
     int32_t res;
   };
 
@@ -312,12 +320,12 @@ struct Sampler::Impl {
   size_t live = 0;              // live slots
   std::vector<Record> records;  // reserved up front: emplace_back never reallocates
   size_t max_records = 0;
-  std::vector<char> buffers;  // [parity][slot][kind]
-  std::vector<Entry> entries[2];
-  size_t entry_count[2] = {0, 0};
-  size_t outstanding[2] = {0, 0};
-  int64_t batch_ts[2] = {0, 0};
-  bool batch_valid[2] = {false, false};
+  std::vector<char> buffers;   // [slot][kind]
+  std::vector<Entry> entries;  // this tick's batch
+  size_t entry_count = 0;
+  size_t outstanding = 0;      // reads submitted, not completed
+  bool timer_pending = false;  // the tick timer is armed, not fired
+  int64_t batch_ts = 0;
   std::vector<char> dents;
   std::vector<char> csv_buf;
   size_t csv_len = 0;
@@ -328,18 +336,17 @@ struct Sampler::Impl {
   uint64_t missed = 0;
   // Read by stats() from other threads while run() runs: atomic (relaxed
   // increments cost nothing measurable here).
-  std::atomic<uint64_t> uring_enters{0}, reads{0};
+  std::atomic<uint64_t> uring_enters{0}, reads{0}, short_reads{0}, rereads{0};
   uint64_t untracked = 0;
   bool process_exited = false;
   double cpu_start = 0, cpu_end = 0;
   int64_t bucket_ns = 0;
   bool status_due = true;
+  bool rescan_due = false;  // a thread went away: re-list soon, new ones may have come
+  uint32_t cpu_every = 1;   // ticks a thread runs between two CPU samples
   std::unique_ptr<HostScanner> scanner;
 
-  char* buf(int parity, size_t slot, int kind) {
-    return buffers.data() + (static_cast<size_t>(parity) * slots.size() + slot) * kSlotBytes +
-           kBufOffset[kind];
-  }
+  char* buf(size_t slot, int kind) { return buffers.data() + slot * kSlotBytes + kBufOffset[kind]; }
 
   // --- threads --------------------------------------------------------------
 
@@ -363,13 +370,30 @@ struct Sampler::Impl {
     if (!slots[s].live) return;
     records[slots[s].record].exited = true;
     close_slot(s);
+    rescan_due = true;
+  }
+
+  // True if `tid`, listed again, is a thread already sampled and gone: a
+  // zombie leader stays listed, and an exiting thread may be listed a moment
+  // longer. A new thread that got a recycled tid starts at another time.
+  bool seen_and_gone(int tid) {
+    const Record* gone = nullptr;
+    for (const Record& r : records)
+      if (r.tid == tid && r.exited) gone = &r;  // the latest
+    if (!gone) return false;
+    char path[64], text[1024];
+    std::snprintf(path, sizeof path, "%d/stat", tid);
+    ssize_t n = read_at(taskdir, path, text, sizeof text);
+    if (n <= 0) return true;  // gone for good
+    auto st = parse_task_stat(std::string_view(text, static_cast<size_t>(n)));
+    if (!st) return true;
+    if (st->state == 'Z' || st->state == 'X') return true;
+    return gone->start_ticks != 0 && st->start_ticks == gone->start_ticks;
   }
 
   // Starts sampling a thread; false if there is no room for it.
   bool add_thread(int tid) {
-    // A thread already sampled and gone (a zombie leader stays listed): skip.
-    for (const Record& r : records)
-      if (r.tid == tid && r.exited) return true;
+    if (seen_and_gone(tid)) return true;
     size_t s = 0;
     while (s < slots.size() && slots[s].live) ++s;
     if (s == slots.size() || records.size() >= max_records) return false;
@@ -378,7 +402,8 @@ struct Sampler::Impl {
     for (int k = 0; k < 3; ++k) {
       char path[64];
       std::snprintf(path, sizeof path, "%d/%s", tid, kFile[k]);
-      sl.fd[k] = openat(taskdir, path, O_RDONLY | O_CLOEXEC);
+      // O_NONBLOCK lets io_uring read the file inline, see submit().
+      sl.fd[k] = openat(taskdir, path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
       if (sl.fd[k] < 0) {
         int err = errno;
         for (int& fd : sl.fd)
@@ -388,6 +413,8 @@ struct Sampler::Impl {
     }
     Record& r = records.emplace_back();
     r.tid = tid;
+    // Spread the threads' CPU samples over the ticks.
+    r.cpu_countdown = 1 + static_cast<uint32_t>(records.size() % cpu_every);
     std::fill(std::begin(r.series), std::end(r.series), NAN);
     char comm[64];
     char path[64];
@@ -414,6 +441,7 @@ struct Sampler::Impl {
     sl.seen = true;
     sl.tid = tid;
     sl.record = static_cast<int>(records.size() - 1);
+    std::fill(std::begin(sl.want), std::end(sl.want), uint16_t{0});
     if (ring_ready) {
       int rc = io_uring_register_files_update(&ring, static_cast<unsigned>(3 * s), sl.fd, 3);
       if (rc < 0) throw system_error(Exit::kEnvironment, "io_uring_register_files_update", "", -rc);
@@ -454,62 +482,89 @@ struct Sampler::Impl {
 
   // --- one tick ---------------------------------------------------------------
 
-  void prepare(int p) {
+  // This tick's reads: schedstat for every thread; stat for a thread whose
+  // CPU sample is due (every cpu_every-th interval it ran, and when found);
+  // status for all at a rescan.
+  void prepare() {
     size_t n = 0;
-    bool refresh = status_due || tick.load(std::memory_order_relaxed) % kStatRefreshTicks == 0;
+    auto add = [&](size_t s, int kind, bool counted) {
+      const Slot& sl = slots[s];
+      uint16_t asked = opt.reader == ReadMethod::kUring && sl.want[kind] != 0
+                           ? sl.want[kind]
+                           : static_cast<uint16_t>(kBufSize[kind]);
+      entries[n++] = {
+          static_cast<uint16_t>(s), sl.gen, static_cast<uint8_t>(kind), counted, asked, 0};
+    };
     for (size_t s = 0; s < slots.size(); ++s) {
       Slot& sl = slots[s];
       if (!sl.live) continue;
       Record& r = records[sl.record];
-      entries[p][n++] = {static_cast<uint16_t>(s), sl.gen, kSched, false, 0};
-      if (r.ran_since_stat || refresh) {
-        entries[p][n++] = {static_cast<uint16_t>(s), sl.gen, kStat, r.ran_since_stat, 0};
-        r.ran_since_stat = false;
+      add(s, kSched, false);
+      if (r.stat_due) {
+        add(s, kStat, r.stat_counted);
+        r.stat_due = r.stat_counted = false;
       }
-      if (status_due) entries[p][n++] = {static_cast<uint16_t>(s), sl.gen, kStatus, false, 0};
+      if (status_due) add(s, kStatus, false);
     }
     status_due = false;
-    entry_count[p] = n;
+    entry_count = n;
   }
 
-  void submit(int p) {
-    batch_ts[p] = now_ns();
-    batch_valid[p] = true;
-    size_t n = entry_count[p];
-    reads += n;
+  // Reads this tick's batch, then waits until `wake_at` (CLOCK_MONOTONIC ns;
+  // 0: do not wait). With io_uring both are ONE io_uring_enter: the batch's
+  // reads and an absolute timeout are submitted together, the reads run at
+  // once, inline, and the call returns when the timeout fires.
+  void read_batch_and_wait(int64_t wake_at) {
+    batch_ts = now_ns();
+    size_t n = entry_count;
+    reads.fetch_add(n, std::memory_order_relaxed);
     if (opt.reader == ReadMethod::kPread) {
       for (size_t i = 0; i < n; ++i) {
-        Entry& e = entries[p][i];
-        ssize_t r = pread(slots[e.slot].fd[e.kind], buf(p, e.slot, e.kind), kBufSize[e.kind], 0);
+        Entry& e = entries[i];
+        ssize_t r = pread(slots[e.slot].fd[e.kind], buf(e.slot, e.kind), e.asked, 0);
         e.res = r < 0 ? -errno : static_cast<int32_t>(r);
       }
-      outstanding[p] = 0;
+      if (wake_at > 0) sleep_until_ns(wake_at);
       return;
     }
+    // Each read asks for at most the bytes the file has (Slot::want). io_uring
+    // takes a short read of a regular file -- procfs files are -- as "more
+    // may come" and finishes it on an io-wq worker thread, a context switch
+    // per read. A read that fills what it asked for completes inline, inside
+    // the io_uring_enter below (O_NONBLOCK lets procfs be read there).
     for (size_t i = 0; i < n; ++i) {
-      Entry& e = entries[p][i];
+      Entry& e = entries[i];
       io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // the SQ holds a whole batch
-      io_uring_prep_read(sqe, static_cast<int>(3 * e.slot + e.kind), buf(p, e.slot, e.kind),
-                         static_cast<unsigned>(kBufSize[e.kind]), 0);
+      io_uring_prep_read(sqe, static_cast<int>(3 * e.slot + e.kind), buf(e.slot, e.kind), e.asked,
+                         0);
       sqe->flags |= IOSQE_FIXED_FILE;
-      io_uring_sqe_set_data64(sqe, (uint64_t{static_cast<unsigned>(p)} << 32) | i);
+      io_uring_sqe_set_data64(sqe, i);
     }
-    outstanding[p] = n;
-    // One io_uring_enter: submits this tick's reads and runs the completions
-    // of the previous tick (deferred task work), so nothing wakes us meanwhile.
-    // Asking for as many completions as the previous batch still owes makes
-    // the kernel post them all now (with min_complete 0 it posts at most a
-    // few dozen per call); they have had a whole interval to finish.
-    size_t owed = outstanding[1 - p];
+    outstanding = n;
+    __kernel_timespec at{wake_at / 1'000'000'000, wake_at % 1'000'000'000};
+    if (wake_at > 0) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+      io_uring_prep_timeout(sqe, &at, 0, IORING_TIMEOUT_ABS);  // CLOCK_MONOTONIC
+      io_uring_sqe_set_data64(sqe, kTimerTag);
+      timer_pending = true;
+    }
+    // Waiting for every read and the timeout: the ring uses DEFER_TASKRUN,
+    // so nothing wakes us before that (not even a read that went to io-wq).
     int rc;
     do {
-      rc = owed > 0 ? io_uring_submit_and_wait(&ring, static_cast<unsigned>(owed))
-                    : io_uring_submit_and_get_events(&ring);
+      rc = io_uring_submit_and_wait(&ring, static_cast<unsigned>(n + (wake_at > 0)));
       ++uring_enters;
     } while (rc == -EINTR);
-    // Anything else would leave a batch that never completes: fail loudly.
-    if (rc < 0) throw system_error(Exit::kEnvironment, "io_uring submit", "", -rc);
+    // Anything else would leave a batch that never completes: fail loudly
+    // (what the kernel did not take is never run; drain() waits for the rest).
+    if (rc < 0) {
+      size_t untaken = io_uring_sq_ready(&ring);
+      if (timer_pending && untaken > 0) timer_pending = false, --untaken;
+      outstanding -= std::min(outstanding, untaken);
+      throw system_error(Exit::kEnvironment, "io_uring submit", "", -rc);
+    }
     harvest();
+    wait_all();  // after an EINTR, or a read that went to io-wq
   }
 
   void harvest() {
@@ -517,17 +572,19 @@ struct Sampler::Impl {
     unsigned head, seen = 0;
     io_uring_for_each_cqe(&ring, head, cqe) {
       uint64_t ud = io_uring_cqe_get_data64(cqe);
-      int p = static_cast<int>(ud >> 32);
-      size_t i = ud & 0xffffffffu;
-      entries[p][i].res = cqe->res;
-      --outstanding[p];
+      if (ud == kTimerTag) {
+        timer_pending = false;
+      } else {
+        entries[ud].res = cqe->res;
+        --outstanding;
+      }
       ++seen;
     }
     io_uring_cq_advance(&ring, seen);
   }
 
-  void wait_batch(int p) {
-    while (outstanding[p] > 0) {
+  void wait_all() {
+    while (outstanding > 0 || timer_pending) {
       io_uring_cqe* cqe;
       int rc = io_uring_wait_cqe(&ring, &cqe);
       ++uring_enters;
@@ -575,16 +632,46 @@ struct Sampler::Impl {
     csv_len = 0;
   }
 
+  // How many bytes to ask for next time, from a whole file's text.
+  // schedstat only grows (three counters) and status ends with the field we
+  // need: their length. stat's tail past the CPU field (13 fields) can
+  // shrink: ask for the CPU field and part of the tail, so that a file a bit
+  // shorter still fills the read (a read that comes short is still right,
+  // only slower: see submit()).
+  static uint16_t want_after(int kind, std::string_view whole, const TaskStat* st) {
+    size_t n = whole.size();
+    if (kind == kStat && st)
+      n = st->processor_end + std::min(kStatTail, (n - st->processor_end) / 2);
+    return static_cast<uint16_t>(std::clamp<size_t>(n, 1, kBufSize[kind]));
+  }
+
+  // One read's text, whole enough for its parser. A read that filled what it
+  // asked for may have been cut (the file grew): if its parser says so, it is
+  // read again whole, synchronously. Empty when the read failed.
+  std::string_view text_of(const Entry& e, bool& whole) {
+    char* b = buf(e.slot, e.kind);
+    whole = e.res < e.asked;  // short: the kernel gave the whole file
+    if (opt.reader == ReadMethod::kUring && whole && e.asked != kBufSize[e.kind])
+      short_reads.fetch_add(1, std::memory_order_relaxed);
+    return std::string_view(b, static_cast<size_t>(e.res));
+  }
+
+  std::string_view reread(const Entry& e) {
+    rereads.fetch_add(1, std::memory_order_relaxed);
+    char* b = buf(e.slot, e.kind);
+    ssize_t n = pread(slots[e.slot].fd[e.kind], b, kBufSize[e.kind], 0);
+    return n > 0 ? std::string_view(b, static_cast<size_t>(n)) : std::string_view();
+  }
+
   // Folds a completed batch into the records.
-  void process(int p) {
-    if (!batch_valid[p]) return;
-    batch_valid[p] = false;
-    int64_t ts = batch_ts[p];
-    size_t n = entry_count[p];
+  void process() {
+    int64_t ts = batch_ts;
+    size_t n = entry_count;
+    entry_count = 0;
     // Stat and status first (last CPU, switches), then schedstat deltas.
     for (int pass = 0; pass < 2; ++pass) {
       for (size_t i = 0; i < n; ++i) {
-        const Entry& e = entries[p][i];
+        const Entry& e = entries[i];
         Slot& sl = slots[e.slot];
         if (!sl.live || sl.gen != e.gen) continue;  // exited since
         if ((pass == 0) == (e.kind == kSched)) continue;
@@ -594,14 +681,18 @@ struct Sampler::Impl {
           continue;
         }
         if (e.res <= 0) continue;
-        std::string_view text(buf(p, e.slot, e.kind), static_cast<size_t>(e.res));
+        bool whole;
+        std::string_view text = text_of(e, whole);
         if (e.kind == kStat) {
           auto st = parse_task_stat(text);
+          if (!st && !whole) st = parse_task_stat(text = reread(e)), whole = true;
           if (!st) continue;
+          if (whole) sl.want[kStat] = want_after(kStat, text, &*st);
           if (st->state == 'Z' || st->state == 'X') {
             thread_gone(e.slot);
             continue;
           }
+          if (r.start_ticks == 0) r.start_ticks = st->start_ticks;
           r.last_cpu = st->processor;
           if (e.counted) {
             ++r.cpu_samples;
@@ -610,17 +701,27 @@ struct Sampler::Impl {
               ++r.outside;
           }
         } else if (e.kind == kStatus) {
-          if (auto v = status_field(text, "nonvoluntary_ctxt_switches")) {
-            uint64_t x = 0;
-            std::from_chars(v->data(), v->data() + v->size(), x);
-            if (!r.have_status) {
-              r.have_status = true;
-              r.nvcsw_first = x;
-              r.status_first_ts = ts;
-            }
-            r.nvcsw_last = x;
-            r.status_last_ts = ts;
+          auto switches = status_field(text, "nonvoluntary_ctxt_switches");
+          if (!switches && !whole) {
+            text = reread(e), whole = true;
+            switches = status_field(text, "nonvoluntary_ctxt_switches");
           }
+          if (!switches) continue;
+          if (whole) sl.want[kStatus] = want_after(kStatus, text, nullptr);
+          if (auto state = status_field(text, "State");
+              state && !state->empty() && (state->front() == 'Z' || state->front() == 'X')) {
+            thread_gone(e.slot);
+            continue;
+          }
+          uint64_t x = 0;
+          std::from_chars(switches->data(), switches->data() + switches->size(), x);
+          if (!r.have_status) {
+            r.have_status = true;
+            r.nvcsw_first = x;
+            r.status_first_ts = ts;
+          }
+          r.nvcsw_last = x;
+          r.status_last_ts = ts;
           if (auto v = status_field(text, "Cpus_allowed_list")) {
             if (*v != r.allowed_list)
               copy_str(r.allowed_now, *v);
@@ -629,7 +730,10 @@ struct Sampler::Impl {
           }
         } else {
           auto ss = parse_schedstat(text);
+          if (!ss && !whole) ss = parse_schedstat(text = reread(e)), whole = true;
           if (!ss) continue;
+          // A schedstat that parses is whole (it ends with its newline).
+          sl.want[kSched] = want_after(kSched, text, nullptr);
           if (!r.have_sched) {
             r.have_sched = true;
             r.first_sched = r.last_sched = *ss;
@@ -644,7 +748,10 @@ struct Sampler::Impl {
           r.delay_sum_ns += d.wait_ns;
           record_series(r, ts, d.wait_ns);
           bool ran = d.run_ns > 0 || d.timeslices > 0;
-          if (ran) r.ran_since_stat = true;
+          if (ran && --r.cpu_countdown == 0) {
+            r.stat_due = r.stat_counted = true;
+            r.cpu_countdown = cpu_every;
+          }
           bool outside = ran && r.last_cpu >= 0 && r.last_cpu < CPU_SETSIZE &&
                          !CPU_ISSET(r.last_cpu, &r.allowed);
           csv_row(r, ts, d, outside);
@@ -656,7 +763,7 @@ struct Sampler::Impl {
   void setup_ring() {
     if (opt.reader != ReadMethod::kUring) return;
     unsigned entries_n = 1;
-    while (entries_n < 3 * slots.size()) entries_n <<= 1;
+    while (entries_n < 3 * slots.size() + 1) entries_n <<= 1;  // a batch and the timer
     io_uring_params params{};
     // Deferred task work: completions are posted when we next enter the ring,
     // not by waking us up once per read (kernel 6.1+; fall back without).
@@ -702,24 +809,11 @@ struct Sampler::Impl {
     if (!rescan()) process_exited = true;
     scanner->start();
 
-    // The pipeline: at each tick, submit this tick's batch (parity p) and
-    // fold the previous one (1-p), whose reads completed meanwhile. With
-    // pread the batch completes inside submit(); the same path is used.
-    int p = 0;
-    prepare(p);
+    // Each tick: read the batch, wait for the next tick (one io_uring_enter
+    // for both), fold the batch, prepare the next.
+    prepare();
     int64_t next = start_ts;
     while (!process_exited && !stopping.load(std::memory_order_relaxed)) {
-      submit(p);
-      tick.fetch_add(1, std::memory_order_relaxed);
-      int q = 1 - p;
-      if (opt.reader == ReadMethod::kUring) wait_batch(q);
-      process(q);
-      if (tick.load(std::memory_order_relaxed) % rescan_ticks == 0 || live == 0) {
-        if (!rescan()) process_exited = true;
-        status_due = true;
-      }
-      p = q;
-      prepare(p);
       next += interval;
       int64_t now = now_ns();
       if (now > next) {  // fell behind: skip the ticks we missed
@@ -727,13 +821,18 @@ struct Sampler::Impl {
         missed += static_cast<uint64_t>(behind);
         next += behind * interval;
       }
-      if (next >= end) break;
-      sleep_until_ns(next);
+      bool last = next >= end;
+      read_batch_and_wait(last ? 0 : next);
+      tick.fetch_add(1, std::memory_order_relaxed);
+      process();
+      if (last) break;
+      if (tick.load(std::memory_order_relaxed) % rescan_ticks == 0 || live == 0 || rescan_due) {
+        rescan_due = false;
+        if (!rescan()) process_exited = true;
+        status_due = true;
+      }
+      prepare();
     }
-    // Fold the batch still in flight.
-    int q = 1 - p;
-    if (opt.reader == ReadMethod::kUring) wait_batch(q);
-    process(q);
     end_ts = now_ns();
     cpu_end = process_cpu_s();
     scanner->stop();
@@ -809,8 +908,26 @@ struct Sampler::Impl {
     return rep;
   }
 
+  // Waits for the reads still in flight (run() unwinding on an error): the
+  // kernel writes into `buffers` until they complete. procfs reads finish in
+  // microseconds; if some never do, the buffers are leaked rather than freed
+  // under the kernel's feet.
+  void drain() {
+    int64_t deadline = now_ns() + 2'000'000'000;
+    while ((outstanding > 0 || timer_pending) && now_ns() < deadline) {
+      __kernel_timespec wait{0, 100'000'000};
+      io_uring_cqe* cqe;
+      io_uring_wait_cqe_timeout(&ring, &cqe, &wait);
+      harvest();
+    }
+    if (outstanding > 0) new std::vector<char>(std::move(buffers));
+  }
+
   ~Impl() {
-    if (ring_ready) io_uring_queue_exit(&ring);
+    if (ring_ready) {
+      drain();
+      io_uring_queue_exit(&ring);
+    }
     for (Slot& sl : slots)
       for (int fd : sl.fd)
         if (fd >= 0) close(fd);
@@ -833,11 +950,15 @@ Sampler::Sampler(SamplerOptions options) : impl_(std::make_unique<Impl>()) {
   if (m.taskdir < 0)
     throw system_error(Exit::kEnvironment, "latency: open", task_path, errno,
                        "is process " + std::to_string(m.opt.pid) + " running?");
+  if (m.opt.cpu_sample_interval.count() <= 0)
+    throw Error(Exit::kUsage, "latency: the CPU sample interval must be positive");
+  m.cpu_every = static_cast<uint32_t>(
+      std::clamp<int64_t>(m.opt.cpu_sample_interval / m.opt.interval, 1, 1'000'000));
   m.slots.resize(m.opt.max_threads);
   m.max_records = 4 * m.opt.max_threads;
   m.records.reserve(m.max_records);
-  m.buffers.resize(2 * m.slots.size() * kSlotBytes);
-  for (auto& e : m.entries) e.resize(3 * m.slots.size());
+  m.buffers.resize(m.slots.size() * kSlotBytes);
+  m.entries.resize(3 * m.slots.size());
   m.dents.resize(32768);
   if (!m.opt.csv_path.empty()) {
     m.csv_fd = open(m.opt.csv_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -856,7 +977,8 @@ void Sampler::run() { impl_->run(); }
 void Sampler::stop() { impl_->stopping.store(true); }
 Report Sampler::report() const { return impl_->report(); }
 Sampler::Stats Sampler::stats() const {
-  return {impl_->tick.load(), impl_->uring_enters.load(), impl_->reads.load()};
+  return {impl_->tick.load(), impl_->uring_enters.load(), impl_->reads.load(),
+          impl_->short_reads.load(), impl_->rereads.load()};
 }
 
 // ---------------------------------------------------------------------------

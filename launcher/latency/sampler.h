@@ -1,6 +1,7 @@
 // The pinned-thread latency sampler: every interval it reads, for each thread
 // of one process, /proc/PID/task/TID/schedstat (run time, run-queue wait,
-// timeslices) and, after the thread ran, .../stat (the CPU it last ran on).
+// timeslices) and, after every Nth interval a thread ran, .../stat (the CPU it
+// last ran on).
 //
 // Each tick's reads go to the kernel in ONE io_uring submission, on file
 // descriptors registered once (a sparse fixed-file table: a thread that appears
@@ -32,6 +33,11 @@ struct SamplerOptions {
   std::chrono::nanoseconds interval = 1ms;
   std::chrono::nanoseconds duration = 0ns;           ///< 0: until stop() or the process exits
   std::chrono::nanoseconds rescan_interval = 100ms;  ///< thread list + status reads
+  /// How often a running thread's CPU (stat) is sampled: its stat is read
+  /// after every Nth interval in which it ran, N = this / interval (at least
+  /// 1). stat costs 5x a schedstat read to generate; this keeps 1 ms sampling
+  /// cheap and 10 ms sampling (run --latency-log) reading it every time.
+  std::chrono::nanoseconds cpu_sample_interval = 10ms;
   std::chrono::nanoseconds host_scan_interval = 1s;  ///< 0: no host scan
   size_t host_scan_max_tasks = 4096;                 ///< stat files read per host scan, at most
   ReadMethod reader = ReadMethod::kUring;
@@ -64,12 +70,14 @@ class Sampler {
   /// The report of what run() saw; call after run() returned.
   Report report() const;
 
-  /// Counters: ticks done (safe to read while run() runs, e.g. to wait for
-  /// the first ticks), io_uring_enter calls and reads made (after run()).
+  /// Counters, safe to read while run() runs (e.g. to wait for the first
+  /// ticks).
   struct Stats {
     uint64_t ticks = 0;
-    uint64_t uring_enters = 0;
-    uint64_t reads = 0;
+    uint64_t uring_enters = 0;  ///< io_uring_enter calls
+    uint64_t reads = 0;         ///< reads in the ticks' batches
+    uint64_t short_reads = 0;   ///< io_uring reads that came short: finished by io-wq
+    uint64_t rereads = 0;       ///< reads cut short (the file grew), read again with pread
   };
   Stats stats() const;
 
