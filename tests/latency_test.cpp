@@ -2,8 +2,10 @@
 // histogram, renderings), then the sampler against a real child process
 // whose threads the test pins, and the command line.
 #include <fcntl.h>
+#include <liburing.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -28,6 +30,7 @@
 
 #include "core/error.h"
 #include "core/text.h"
+#include "core/tracepoint.h"
 #include "gtest/gtest.h"
 #include "latency/histogram.h"
 #include "latency/procfs.h"
@@ -98,6 +101,52 @@ TEST(LatencyProcfs, ParsesStatWithParenthesesAndSpacesInName) {
   ASSERT_TRUE(self);
   EXPECT_GE(self->processor, 0);
   EXPECT_EQ(self->state, 'R');
+}
+
+// The sampler asks the kernel for no more bytes than a file had, so a file
+// that grew comes cut short. Every cut of real files is either refused or
+// read exactly as the whole file: a cut number is never taken.
+TEST(LatencyProcfs, ReadsCutAtAnyByteAreRefusedNotMisread) {
+  auto slurp = [](const char* path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  std::string sched = slurp("/proc/thread-self/schedstat");
+  std::string stat = slurp("/proc/thread-self/stat");
+  std::string status = slurp("/proc/thread-self/status");
+  ASSERT_TRUE(parse_schedstat(sched));
+  for (size_t n = 0; n < sched.size(); ++n)
+    EXPECT_FALSE(parse_schedstat(std::string_view(sched).substr(0, n))) << n;
+
+  auto whole = parse_task_stat(stat);
+  ASSERT_TRUE(whole);
+  ASSERT_LT(whole->processor_end, stat.size());
+  EXPECT_EQ(stat[whole->processor_end], ' ');
+  for (size_t n = 0; n < stat.size(); ++n) {
+    auto cut = parse_task_stat(std::string_view(stat).substr(0, n));
+    if (n <= whole->processor_end) {
+      EXPECT_FALSE(cut) << n;
+    } else {
+      ASSERT_TRUE(cut) << n;
+      EXPECT_EQ(cut->processor, whole->processor);
+      EXPECT_EQ(cut->start_ticks, whole->start_ticks);
+      EXPECT_EQ(cut->cpu_ticks, whole->cpu_ticks);
+      EXPECT_EQ(cut->processor_end, whole->processor_end);
+    }
+  }
+
+  for (const char* key : {"State", "Cpus_allowed_list", "nonvoluntary_ctxt_switches"}) {
+    auto value = status_field(status, key);
+    ASSERT_TRUE(value) << key;
+    size_t line_end = status.find('\n', status.find(std::string(key) + ":"));
+    for (size_t n = 0; n < status.size(); ++n) {
+      auto cut = status_field(std::string_view(status).substr(0, n), key);
+      if (n <= line_end)
+        EXPECT_FALSE(cut) << key << " cut at " << n;
+      else
+        EXPECT_EQ(cut, value) << key << " cut at " << n;
+    }
+  }
 }
 
 TEST(LatencyProcfs, FindsStatusFields) {
@@ -287,6 +336,9 @@ class Workload {
     tids_.push_back(t);
     return t;
   }
+  /// The main thread exits alone (a zombie leader); the others go on. No
+  /// command works after this one.
+  void end_leader() { command('l', 0); }
   /// The whole process exits; reaped here.
   void exit_process() {
     command('q', 0);
@@ -368,6 +420,8 @@ class Workload {
         start(Spec{});
       } else if (msg[0] == 'q') {
         _exit(0);
+      } else if (msg[0] == 'l') {
+        syscall(SYS_exit, 0);  // this thread only
       }
     }
     _exit(0);
@@ -561,6 +615,106 @@ TEST(LatencySampler, ThreadsThatExitOrAppearMidRunDoNotBreakIt) {
     EXPECT_GT(fresh->intervals, 0u);
     EXPECT_FALSE(r.process_exited);
   }
+}
+
+// A leader that exits before its threads stays listed as a zombie: it is
+// reported once, as exited, and the run goes on with the others.
+TEST(LatencySampler, LeaderThatExitsFirstIsReportedOnceAndTheOthersGoOn) {
+  Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"}});
+  SamplerOptions o = options_for(w.pid());
+  o.rescan_interval = 10ms;
+  BackgroundSampler bg(o);
+  wait_for([&] { return bg.ticks() >= 20; }, "20 ticks");
+  w.end_leader();
+  std::string status = "/proc/" + std::to_string(w.pid()) + "/status";
+  wait_for(
+      [&] {
+        std::ifstream in(status);
+        std::string line;
+        while (std::getline(in, line))
+          if (line.rfind("State:", 0) == 0) return line.find('Z') != std::string::npos;
+        return false;
+      },
+      "the leader to be a zombie");
+  uint64_t after = bg.ticks();
+  wait_for([&] { return bg.ticks() >= after + 100; }, "100 more ticks (about 20 rescans)");
+  EXPECT_FALSE(bg.finished());
+  Report r = bg.stop();
+  int leaders = 0;
+  for (const ThreadReport& t : r.threads)
+    if (t.tid == w.pid()) {
+      ++leaders;
+      EXPECT_TRUE(t.exited);
+    }
+  EXPECT_EQ(leaders, 1) << "the zombie leader was taken for a new thread";
+  const ThreadReport* vcpu = find_thread(r, w.tid(0));
+  ASSERT_NE(vcpu, nullptr);
+  EXPECT_FALSE(vcpu->exited);
+  EXPECT_GT(vcpu->intervals, 100u);
+  EXPECT_FALSE(r.process_exited);
+}
+
+// A thread's CPU is sampled once per cpu_sample_interval of running, not
+// every interval: stat is the dear file.
+TEST(LatencySampler, CpuIsSampledOncePerCpuSampleInterval) {
+  Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"}});
+  for (auto every : {2ms, 16ms}) {
+    SamplerOptions o = options_for(w.pid());
+    o.cpu_sample_interval = every;
+    o.duration = 400ms;
+    o.host_scan_interval = 0ns;
+    Sampler s(o);
+    s.run();
+    const ThreadReport* t = find_thread(s.report(), w.tid(0));
+    ASSERT_NE(t, nullptr);
+    uint64_t ran = t->intervals;  // at most: it blinks every ms, so it ran in most
+    SCOPED_TRACE("every " + format_duration(every) + ": " + std::to_string(t->cpu_samples) +
+                 " CPU samples in " + std::to_string(ran) + " intervals");
+    EXPECT_GT(t->cpu_samples, 0u);
+    uint64_t cap = every == 2ms ? ran : ran / 8;
+    EXPECT_LE(t->cpu_samples, cap + 1);
+    if (every == 2ms) {
+      EXPECT_GT(t->cpu_samples, ran / 4);  // in every interval it ran
+    }
+  }
+}
+
+// With O_NONBLOCK files and reads sized to the files, io_uring runs every
+// read inline: nothing goes to io-wq (counted by the kernel's own
+// tracepoint), one io_uring_enter per tick.
+TEST(LatencySampler, IoUringReadsRunInlineInOneEnterPerTick) {
+  if (!fs::exists("/sys/kernel/tracing/events"))
+    mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nullptr);  // as root; else skipped
+  TracepointCounter iowq("io_uring/io_uring_queue_async_work");
+  if (!iowq.ok()) GTEST_SKIP() << "needs root and tracefs (/sys/kernel/tracing)";
+  {  // The counter sees a read that goes to io-wq: one asking for more than the file has.
+    io_uring ring;
+    ASSERT_EQ(io_uring_queue_init(4, &ring, 0), 0);
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    char b[256];
+    io_uring_prep_read(io_uring_get_sqe(&ring), fd, b, sizeof b, 0);
+    io_uring_submit_and_wait(&ring, 1);
+    close(fd);
+    io_uring_queue_exit(&ring);
+    ASSERT_GE(iowq.count(), 1u) << "the tracepoint does not count io-wq hand-overs";
+  }
+  Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"},
+              {Workload::Kind::kBlink, -1, 0, "CPU 1/KVM"},
+              {Workload::Kind::kSleep, -1, 0, "IO iothread0"}});
+  SamplerOptions o = options_for(w.pid());
+  o.interval = 1ms;
+  o.duration = 300ms;
+  o.host_scan_interval = 0ns;
+  Sampler s(o);
+  uint64_t before = iowq.count();
+  s.run();
+  uint64_t handed = iowq.count() - before;
+  Sampler::Stats st = s.stats();
+  EXPECT_GT(st.reads, 4 * st.ticks);
+  // Only a read that came short (the file shrank) goes to io-wq; rare.
+  EXPECT_LE(handed, st.short_reads);
+  EXPECT_LE(st.short_reads * 50, st.reads) << st.short_reads << " short of " << st.reads;
+  EXPECT_LE(st.uring_enters, st.ticks + handed + 1);
 }
 
 TEST(LatencySampler, EndsByItselfWhenTheProcessExits) {

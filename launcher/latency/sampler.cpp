@@ -21,6 +21,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -402,7 +403,7 @@ struct Sampler::Impl {
     for (int k = 0; k < 3; ++k) {
       char path[64];
       std::snprintf(path, sizeof path, "%d/%s", tid, kFile[k]);
-      // O_NONBLOCK lets io_uring read the file inline, see submit().
+      // O_NONBLOCK lets io_uring read the file inline, see read_batch_and_wait().
       sl.fd[k] = openat(taskdir, path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
       if (sl.fd[k] < 0) {
         int err = errno;
@@ -441,7 +442,18 @@ struct Sampler::Impl {
     sl.seen = true;
     sl.tid = tid;
     sl.record = static_cast<int>(records.size() - 1);
-    std::fill(std::begin(sl.want), std::end(sl.want), uint16_t{0});
+    // Read each file once, whole, to learn how much to ask for.
+    for (int k = 0; k < 3; ++k) {
+      ssize_t got = pread(sl.fd[k], buf(s, k), kBufSize[k], 0);
+      std::string_view text(buf(s, k), static_cast<size_t>(std::max<ssize_t>(got, 0)));
+      std::optional<TaskStat> st;
+      if (k == kStat && (st = parse_task_stat(text))) {
+        r.start_ticks = st->start_ticks;
+        r.last_cpu = st->processor;
+      }
+      sl.want[k] = got > 0 && (k != kStat || st) ? want_after(k, text, st ? &*st : nullptr) : 0;
+    }
+    r.stat_due = r.last_cpu < 0;  // else known: the first CPU sample waits its turn
     if (ring_ready) {
       int rc = io_uring_register_files_update(&ring, static_cast<unsigned>(3 * s), sl.fd, 3);
       if (rc < 0) throw system_error(Exit::kEnvironment, "io_uring_register_files_update", "", -rc);
