@@ -66,6 +66,85 @@ TEST(LatencyRole, ClassifiesQemuThreadNames) {
   EXPECT_EQ(classify_thread("IO io1").id, "io1");
 }
 
+// Replies as QEMU 7.2 gives them: "IO iothread-disk0" does not fit a thread
+// name, so only QMP knows that thread is an iothread.
+TEST(LatencyRole, RolesFromQmpKeepFullIothreadIds) {
+  auto cpus = nlohmann::json::parse(R"([
+    {"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": 4101,
+     "props": {"core-id": 0, "socket-id": 0, "thread-id": 0}, "target": "x86_64"},
+    {"cpu-index": 1, "qom-path": "/machine/unattached/device[1]", "thread-id": 4102,
+     "props": {"core-id": 1, "socket-id": 0, "thread-id": 0}, "target": "x86_64"}])");
+  auto ios = nlohmann::json::parse(R"([
+    {"id": "iothread-disk0", "thread-id": 4099, "poll-max-ns": 32768, "poll-grow": 0,
+     "poll-shrink": 0, "aio-max-batch": 0},
+    {"id": "io1", "thread-id": 4100, "poll-max-ns": 32768, "poll-grow": 0, "poll-shrink": 0,
+     "aio-max-batch": 0}])");
+  std::map<int, std::string> want{{4099, "iothread iothread-disk0"},
+                                  {4100, "iothread io1"},
+                                  {4101, "vcpu 0"},
+                                  {4102, "vcpu 1"}};
+  EXPECT_EQ(roles_from_qmp(cpus, ios), want);
+  // The same labels as thread names give, where the name is not cut.
+  EXPECT_EQ(roles_from_qmp(cpus, ios)[4100], to_string(classify_thread("IO io1")));
+  EXPECT_EQ(roles_from_qmp(cpus, ios)[4102], to_string(classify_thread("CPU 1/TCG")));
+  QemuThreads q = parse_qemu_threads(cpus, ios);
+  EXPECT_EQ(q.vcpus, (std::map<int, pid_t>{{0, 4101}, {1, 4102}}));
+  EXPECT_EQ(q.iothreads.at("iothread-disk0"), 4099);
+  EXPECT_TRUE(roles_from_qmp(nlohmann::json::array(), nlohmann::json::array()).empty());
+}
+
+TEST(LatencyRole, MalformedQmpRepliesAreRejectedNamingTheField) {
+  using nlohmann::json;
+  json cpus = json::parse(R"([{"cpu-index": 0, "thread-id": 10}])");
+  json ios = json::parse(R"([{"id": "io0", "thread-id": 11}])");
+  ASSERT_EQ(roles_from_qmp(cpus, ios).size(), 2u);
+  struct Case {
+    const char* cpus;
+    const char* ios;
+    const char* message;  // a part of the error
+  };
+  for (Case c : {
+           Case{R"({"cpu-index": 0})", "[]", "query-cpus-fast: expected an array"},
+           Case{"[]", R"({"return": []})", "query-iothreads: expected an array"},
+           Case{"[0]", "[]", "query-cpus-fast: entry 0 (0): expected an object"},
+           Case{R"([{"thread-id": 10}])", "[]", "entry 0 ({\"thread-id\":10}): no \"cpu-index\""},
+           Case{R"([{"cpu-index": 0}])", "[]", "no \"thread-id\""},
+           Case{R"([{"cpu-index": "0", "thread-id": 10}])", "[]",
+                "\"cpu-index\": expected an integer >= 0"},
+           Case{R"([{"cpu-index": -1, "thread-id": 10}])", "[]",
+                "\"cpu-index\": expected an integer >= 0"},
+           Case{R"([{"cpu-index": 0, "thread-id": 0}])", "[]",
+                "\"thread-id\": expected an integer >= 1"},
+           Case{R"([{"cpu-index": 0, "thread-id": 1.5}])", "[]",
+                "\"thread-id\": expected an integer >= 1"},
+           Case{R"([{"cpu-index": 0, "thread-id": 4294967297}])", "[]",
+                "\"thread-id\": expected an integer >= 1"},
+           Case{R"([{"cpu-index": 0, "thread-id": 10}, {"cpu-index": 0, "thread-id": 12}])", "[]",
+                "query-cpus-fast: entry 1 ({\"cpu-index\":0,\"thread-id\":12}): cpu-index 0 "
+                "listed twice"},
+           Case{"[]", R"([{"thread-id": 11}])",
+                "query-iothreads: entry 0 ({\"thread-id\":11}): \"id\": expected a non-empty "
+                "string"},
+           Case{"[]", R"([{"id": "", "thread-id": 11}])", "\"id\": expected a non-empty string"},
+           Case{"[]", R"([{"id": 7, "thread-id": 11}])", "\"id\": expected a non-empty string"},
+           Case{"[]", R"([{"id": "io0"}])", "query-iothreads: entry 0 ({\"id\":\"io0\"}): no "},
+           Case{"[]", R"([{"id": "io0", "thread-id": 11}, {"id": "io0", "thread-id": 12}])",
+                "id \"io0\" listed twice"},
+           Case{R"([{"cpu-index": 0, "thread-id": 10}])", R"([{"id": "io0", "thread-id": 10}])",
+                "query-iothreads: entry 0 ({\"id\":\"io0\",\"thread-id\":10}): thread-id 10 "
+                "listed twice"},
+       }) {
+    try {
+      roles_from_qmp(json::parse(c.cpus), json::parse(c.ios));
+      ADD_FAILURE() << "accepted " << c.cpus << " / " << c.ios;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Exit::kEnvironment) << e.what();
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos)
+          << "'" << e.what() << "' does not say '" << c.message << "'";
+    }
+  }
+}
+
 TEST(LatencyProcfs, ParsesSchedstat) {
   auto s = parse_schedstat("173297692 9090727 390\n");
   ASSERT_TRUE(s);
@@ -765,11 +844,14 @@ TEST(LatencySampler, UnknownPidIsAnEnvironmentError) {
 
 struct CliRun {
   int code = -1;
-  std::string out;
+  std::string out;  ///< stdout, and stderr unless split_stderr
+  std::string err;  ///< stderr with split_stderr
 };
 
-CliRun passlaunch(const std::string& args, const std::string& env = "") {
-  std::string cmd = env + " " + shell_quote(PL_PASSLAUNCH) + " " + args + " 2>&1";
+CliRun passlaunch(const std::string& args, const std::string& env = "", bool split_stderr = false) {
+  std::string err_file = testing::TempDir() + "/latency_cli_stderr." + std::to_string(getpid());
+  std::string cmd = env + " " + shell_quote(PL_PASSLAUNCH) + " " + args +
+                    (split_stderr ? " 2>" + shell_quote(err_file) : " 2>&1");
   CliRun r;
   FILE* p = popen(cmd.c_str(), "r");
   char buf[4096];
@@ -777,8 +859,15 @@ CliRun passlaunch(const std::string& args, const std::string& env = "") {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
   int status = pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (split_stderr) {
+    std::ifstream in(err_file);
+    r.err.assign(std::istreambuf_iterator<char>(in), {});
+  }
   return r;
 }
+
+/// The warning `latency NAME` gives when the VM has no control socket.
+constexpr const char* kNamesWarning = "has no control socket: roles come from thread names";
 
 TEST(LatencyCli, BadArgumentsExit2) {
   EXPECT_EQ(passlaunch("latency").code, 2);              // no target
@@ -826,8 +915,9 @@ TEST(LatencyCli, SamplesAVmByNameAsJsonCsvAndPlot) {
   std::string svg = testing::TempDir() + "/latency.svg";
   CliRun r = passlaunch("latency gamevm --duration 400ms --interval 2ms --json --csv " +
                             shell_quote(csv) + " --plot " + shell_quote(svg),
-                        "XDG_RUNTIME_DIR=" + shell_quote(runtime));
-  ASSERT_EQ(r.code, 0) << r.out;
+                        "XDG_RUNTIME_DIR=" + shell_quote(runtime), true);
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.err.find(kNamesWarning), std::string::npos) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["pid"], w.pid());
   EXPECT_EQ(j["vm"], "gamevm");
@@ -906,7 +996,9 @@ TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
   EXPECT_FALSE(j["threads"].empty());
 }
 
-// Real QEMU (TCG, paused): its debug-threads names give the roles.
+// Real QEMU (TCG, paused) that writes qemu.pid but has no passlaunch control
+// socket: its debug-threads names give the roles, and a warning says so.
+// (tests/run_test.cpp: with a control socket, roles come from QMP.)
 TEST(LatencyCli, QemuThreadsGetTheirRolesByVmName) {
   std::string qemu = "/usr/bin/qemu-system-x86_64";
   if (!fs::exists(qemu)) GTEST_SKIP() << "qemu-system-x86_64 is not installed";
@@ -948,8 +1040,10 @@ TEST(LatencyCli, QemuThreadsGetTheirRolesByVmName) {
   fs::create_directories(runtime + "/passlaunch/lat");
   std::ofstream(runtime + "/passlaunch/lat/qemu.pid") << pid << "\n";
   CliRun r = passlaunch("latency lat --duration 300ms --interval 2ms --json",
-                        "XDG_RUNTIME_DIR=" + shell_quote(runtime));
-  ASSERT_EQ(r.code, 0) << r.out;
+                        "XDG_RUNTIME_DIR=" + shell_quote(runtime), true);
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.err.find("warning: VM 'lat' " + std::string(kNamesWarning)), std::string::npos)
+      << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
   std::map<std::string, std::string> role_of;  // name -> role
   for (const auto& t : j["threads"]) role_of[t["name"]] = t["role"];
@@ -963,6 +1057,7 @@ TEST(LatencyCli, TableIsTheDefault) {
   Workload w({{Workload::Kind::kSleep, -1, 0, "CPU 0/KVM"}});
   CliRun r = passlaunch("latency --pid " + std::to_string(w.pid()) + " --duration 200ms");
   ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find(kNamesWarning), std::string::npos) << "--pid uses names, silently";
   EXPECT_NE(r.out.find("P99us"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("vcpu 0"), std::string::npos) << r.out;
 }

@@ -11,11 +11,13 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 #include <thread>
 
+#include "latency/role.h"
 #include "run/spawn.h"
 #include "test_util.h"
 
@@ -308,26 +310,65 @@ TEST_F(RunQemu, MacvtapOnAMissingLinkStartsNothing) {
 namespace pl {
 namespace {
 
-TEST_F(RunQemu, LatencyLogRecordsThePinnedThreadsForTheVmsLife) {
+// An iothread id longer than a thread name can hold: QEMU's
+// pthread_setname_np("IO iothread-disk0") fails (ERANGE), so the thread keeps
+// the name "qemu-system-x86" and its name says "emulator". `latency NAME`
+// (through the control socket) and `run --latency-log` (from the launcher's
+// own QMP replies) must both give it its role, in full.
+TEST_F(RunQemu, LatencyLogAndLatencyByNameRecordPinnedThreadsWithRolesFromQmp) {
   std::string report = dir_.path() + "/latency.json";
-  Passlaunch run({"run", write_profile(guest_profile(name_, "normal")), "--latency-log", report,
-                  "--latency-interval", "5"},
-                 dir_.path());
+  std::string profile = guest_profile(name_, "normal");
+  const std::string io0 = R"("id": "io0")";
+  ASSERT_NE(profile.find(io0), std::string::npos);
+  profile.replace(profile.find(io0), io0.size(), R"("id": "iothread-disk0")");
+  Passlaunch run(
+      {"run", write_profile(profile), "--latency-log", report, "--latency-interval", "5"},
+      dir_.path());
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+
+  // The iothread's tid, as QEMU itself says (not through passlaunch latency).
+  auto [qcode, qtext] = passlaunch_cmd({"ctl", name_, "qmp", "query-iothreads"}, dir_.path());
+  ASSERT_EQ(qcode, 0) << qtext;
+  int io_tid = 0;
+  for (const auto& t : nlohmann::json::parse(qtext))
+    if (t["id"] == "iothread-disk0") io_tid = t["thread-id"];
+  ASSERT_GT(io_tid, 0) << qtext;
+  std::string io_name = comm(qemu_pid(), std::to_string(io_tid));
+  EXPECT_NE(latency::to_string(latency::classify_thread(io_name)), "iothread iothread-disk0")
+      << "the thread name '" << io_name << "' alone names the role: this test proves nothing";
+
+  auto by_tid = [](const nlohmann::json& j) {
+    std::map<int, nlohmann::json> out;
+    for (const auto& t : j["threads"]) out[t["tid"].get<int>()] = t;
+    return out;
+  };
+  auto vcpu0 = [](const nlohmann::json& j) {
+    for (const auto& t : j["threads"])
+      if (t["name"] == "CPU 0/TCG") return t;
+    return nlohmann::json();
+  };
+  auto [code, text] = passlaunch_cmd(
+      {"latency", name_, "--duration", "300ms", "--interval", "2ms", "--host-scan", "0", "--json"},
+      dir_.path());
+  ASSERT_EQ(code, 0) << text;
+  EXPECT_EQ(text.find("warning"), std::string::npos) << text;
+  nlohmann::json cli = nlohmann::json::parse(text);
+  ASSERT_TRUE(by_tid(cli).count(io_tid)) << cli.dump(1);
+  EXPECT_EQ(by_tid(cli)[io_tid]["role"], "iothread iothread-disk0") << cli.dump(1);
+  EXPECT_EQ(vcpu0(cli)["role"], "vcpu 0") << cli.dump(1);
+
   ::kill(run.pid(), SIGTERM);
   EXPECT_EQ(run.wait(60s), 0) << run.out().text();
   std::ifstream in(report);
   ASSERT_TRUE(in) << run.out().text();
   nlohmann::json j = nlohmann::json::parse(in);
-  bool vcpu = false;
-  for (const auto& t : j["threads"]) {
-    if (t["role"] == "vcpu 0") {
-      vcpu = true;
-      EXPECT_EQ(t["allowed_cpus"], "1") << t.dump();
-      EXPECT_EQ(t["outside_allowed_samples"], 0) << t.dump();
-    }
-  }
-  EXPECT_TRUE(vcpu) << j.dump(1);
+  ASSERT_TRUE(by_tid(j).count(io_tid)) << j.dump(1);
+  EXPECT_EQ(by_tid(j)[io_tid]["role"], "iothread iothread-disk0") << j.dump(1);
+  EXPECT_EQ(by_tid(j)[io_tid]["allowed_cpus"], "1") << j.dump(1);
+  nlohmann::json v = vcpu0(j);
+  EXPECT_EQ(v["role"], "vcpu 0") << j.dump(1);
+  EXPECT_EQ(v["allowed_cpus"], "1") << v.dump();
+  EXPECT_EQ(v["outside_allowed_samples"], 0) << v.dump();
 }
 
 }  // namespace

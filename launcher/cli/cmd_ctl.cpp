@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/cli.h"
+#include "cli/control_client.h"
 #include "core/error.h"
 #include "qmp/client.h"
 #include "run/facts.h"
@@ -22,50 +23,6 @@ namespace {
 
 using json = nlohmann::json;
 using namespace std::chrono_literals;
-
-/// Maps the qmp library's errors to passlaunch's exit codes.
-[[noreturn]] void rethrow_qmp(const qmp::Error& e, const std::string& what) {
-  if (e.kind() == qmp::ErrorKind::command_error) {
-    throw Error(Exit::kFailed, what + ": " + e.error_class() + ": " + e.description());
-  }
-  throw Error(Exit::kEnvironment, what + ": " + e.what());
-}
-
-/// A connection to VM `name`'s control socket; exit 3 when it is not running.
-class Control {
- public:
-  explicit Control(const std::string& name) : name_(name) {
-    std::string path = runtime_dir_for(name) + "/control.sock";
-    if (!running_launcher(name) || !std::filesystem::exists(path)) {
-      throw Error(Exit::kEnvironment, "VM \"" + name + "\" is not running",
-                  "`passlaunch list` shows the running VMs");
-    }
-    try {
-      qmp::ConnectOptions co;
-      co.timeout = 5s;
-      co.greeting_timeout = 5s;
-      client_.connect(path, co);
-    } catch (const qmp::Error& e) {
-      rethrow_qmp(e, "cannot reach VM \"" + name + "\"");
-    }
-  }
-
-  json execute(const std::string& cmd, json args = nullptr,
-               std::optional<qmp::Duration> timeout = std::nullopt) {
-    try {
-      return client_.execute(cmd, std::move(args), timeout);
-    } catch (const qmp::Error& e) {
-      rethrow_qmp(e, cmd);
-    }
-  }
-
-  qmp::SyncClient& sync() { return client_; }
-  const std::string& name() const { return name_; }
-
- private:
-  std::string name_;
-  qmp::SyncClient client_;
-};
 
 std::string format_uptime(long s) {
   char buf[64];

@@ -11,9 +11,11 @@
 #include <thread>
 
 #include "cli/cli.h"
+#include "cli/control_client.h"
 #include "core/error.h"
 #include "latency/procfs.h"
 #include "latency/report.h"
+#include "latency/role.h"
 #include "latency/sampler.h"
 
 namespace pl::cli {
@@ -72,6 +74,23 @@ void sample_until_done(latency::Sampler& sampler) {
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
+/// VM `name`'s thread roles from its control socket (QMP query-cpus-fast and
+/// query-iothreads), which knows every iothread (one with an id over 12 bytes
+/// keeps QEMU's process name, as QEMU cannot name it). Without a control
+/// socket (QEMU still starting, or not started by `passlaunch run` but writing
+/// qemu.pid) roles come from thread names, and a warning says so. A socket
+/// that is there but fails is an error.
+std::map<int, std::string> vm_roles(const std::string& name) {
+  if (!control_socket_up(name)) {
+    std::cerr << "warning: VM '" << name
+              << "' has no control socket: roles come from thread names (an iothread with an "
+                 "id over 12 bytes looks like the emulator)\n";
+    return {};
+  }
+  Control c(name);
+  return latency::roles_from_qmp(c.execute("query-cpus-fast"), c.execute("query-iothreads"));
+}
+
 int run_latency(const LatencyArgs& a) {
   if (a.name.empty() == (a.pid == 0))
     throw Error(Exit::kUsage, "latency: give a VM NAME or --pid PID (exactly one)");
@@ -98,6 +117,7 @@ int run_latency(const LatencyArgs& a) {
   if (!a.name.empty()) {
     o.pid = latency::find_vm_pid(a.name);
     o.vm = a.name;
+    o.roles = vm_roles(a.name);
   } else {
     o.pid = a.pid;
   }

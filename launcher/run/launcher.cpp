@@ -383,13 +383,10 @@ class Supervisor {
     co_await qmp_.connect(qmp_path_, co);
     long connected = elapsed_ms();
 
-    QemuThreads threads;
     json cpus = co_await qmp_.execute("query-cpus-fast");
-    for (const json& c : cpus)
-      threads.vcpus[c.at("cpu-index").get<int>()] = c.at("thread-id").get<pid_t>();
     json ios = co_await qmp_.execute("query-iothreads");
-    for (const json& i : ios)
-      threads.iothreads[i.at("id").get<std::string>()] = i.at("thread-id").get<pid_t>();
+    QemuThreads threads = latency::parse_qemu_threads(cpus, ios);
+    roles_ = latency::thread_roles(threads);  // --latency-log: names miss long iothread ids
     std::vector<ThreadInfo> all = list_threads(pid_);
     for (const ThreadInfo& k : find_vhost_kthreads(pid_)) all.push_back(k);
     std::vector<ThreadPin> pins = plan_pins(profile_.pinning, threads, all);
@@ -420,6 +417,7 @@ class Supervisor {
     o.pid = pid_;
     o.vm = profile_.name;
     o.interval = options_.latency_interval;
+    o.roles = roles_;
     latency_.emplace(o);
     log("recording thread latency every " + std::to_string(options_.latency_interval.count()) +
         " ms into " + options_.latency_log);
@@ -687,6 +685,7 @@ class Supervisor {
   qmp::Client qmp_;
   std::optional<ControlServer> control_;
   std::optional<latency::BackgroundSampler> latency_;
+  std::map<int, std::string> roles_;  ///< tid -> role label, from QMP (latency/role.h)
   std::optional<asio::posix::stream_descriptor> pidfd_, stdout_, stderr_;
   std::string qmp_path_, control_path_;
   int timeout_s_;

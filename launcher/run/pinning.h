@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "latency/role.h"
 #include "profile/profile.h"
 
 namespace pl {
@@ -21,11 +22,8 @@ struct ThreadInfo {
   std::string name;  ///< /proc/PID/task/TID/comm
 };
 
-/// What QMP says about QEMU's threads.
-struct QemuThreads {
-  std::map<int, pid_t> vcpus;              ///< cpu-index -> thread-id (query-cpus-fast)
-  std::map<std::string, pid_t> iothreads;  ///< id -> thread-id (query-iothreads)
-};
+/// What QMP says about QEMU's threads (parsed by latency::parse_qemu_threads).
+using latency::QemuThreads;
 
 struct ThreadPin {
   pid_t tid = 0;
