@@ -880,6 +880,9 @@ TEST(LatencyCli, BadArgumentsExit2) {
   EXPECT_EQ(passlaunch("latency --pid 1 --interval 2s --duration 1s").code, 2);
   EXPECT_EQ(passlaunch("latency --pid 1 --interval 1us").code, 2);
   EXPECT_EQ(passlaunch("latency --pid 1 --reader mmap").code, 2);
+  r = passlaunch("latency --pid 1 --cpu-sample 5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--cpu-sample '5' is not a duration"), std::string::npos) << r.out;
   EXPECT_EQ(passlaunch("latency --pid 1 --duration 1s --csv /nonexistent/dir/x.csv").code, 2);
   EXPECT_EQ(passlaunch("latency ../etc --duration 1s").code, 2);
 }

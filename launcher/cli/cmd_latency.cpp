@@ -28,6 +28,7 @@ struct LatencyArgs {
   std::string duration = "10s";
   std::string interval = "1ms";
   std::string rescan = "100ms";
+  std::string cpu_sample = "10ms";
   std::string host_scan = "1s";
   std::string reader = "uring";
   bool json = false;
@@ -98,6 +99,7 @@ int run_latency(const LatencyArgs& a) {
   o.duration = duration_arg("--duration", a.duration);
   o.interval = duration_arg("--interval", a.interval);
   o.rescan_interval = duration_arg("--rescan", a.rescan);
+  o.cpu_sample_interval = duration_arg("--cpu-sample", a.cpu_sample);
   o.host_scan_interval = duration_arg("--host-scan", a.host_scan, true);
   if (a.reader == "uring")
     o.reader = latency::ReadMethod::kUring;
@@ -163,6 +165,10 @@ void add_latency_commands(CLI::App& app, Action& action) {
   cmd->add_option("--csv", args->csv, "Write one row per thread and tick to FILE");
   cmd->add_option("--plot", args->plot, "Write an SVG of run-queue delay over time to FILE");
   cmd->add_option("--reader", args->reader, "How ticks read procfs: uring or pread")
+      ->capture_default_str();
+  cmd->add_option("--cpu-sample", args->cpu_sample,
+                  "Sample the CPU a running thread is on this often (reads its stat; "
+                  "at most every interval)")
       ->capture_default_str();
   cmd->add_option("--rescan", args->rescan, "Re-list threads and read their status this often")
       ->capture_default_str();
