@@ -112,8 +112,7 @@ unsigned want_for(const File& f, std::string_view text) {
   if (!f.stat) return static_cast<unsigned>(text.size());
   auto st = pl::latency::parse_task_stat(text);
   if (!st) std::abort();
-  return static_cast<unsigned>(st->processor_end +
-                               std::min<size_t>(48, (text.size() - st->processor_end) / 2));
+  return static_cast<unsigned>(pl::latency::stat_read_size(text.size(), *st));
 }
 
 bool complete(const File& f, std::string_view text) {

@@ -1,5 +1,6 @@
 #include "latency/procfs.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -68,6 +69,11 @@ std::optional<TaskStat> parse_task_stat(std::string_view text) {
   }
   if (!have_cpu) return std::nullopt;
   return st;
+}
+
+size_t stat_read_size(size_t size, const TaskStat& st) {
+  if (st.processor_end >= size) return size;
+  return st.processor_end + std::min<size_t>(48, (size - st.processor_end) / 2);
 }
 
 std::optional<std::string_view> status_field(std::string_view text, std::string_view key) {

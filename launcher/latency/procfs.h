@@ -35,6 +35,13 @@ struct TaskStat {
 };
 std::optional<TaskStat> parse_task_stat(std::string_view text);
 
+/// How many bytes a read of a stat file should ask for, given the whole text
+/// (of `size` bytes) last read and its parse: up to the CPU field and half
+/// the tail after it, at most 48 bytes of it. The tail (13 fields) can
+/// shrink; asking for no more than the file will have lets io_uring finish
+/// the read inline (see sampler.cpp).
+size_t stat_read_size(size_t size, const TaskStat& st);
+
 /// From /proc/PID/task/TID/status: the value after "<key>:" and whitespace, up
 /// to the end of the line ("nonvoluntary_ctxt_switches", "Cpus_allowed_list").
 /// A last line without its newline is not taken (the read was cut there).

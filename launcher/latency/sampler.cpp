@@ -254,9 +254,6 @@ constexpr size_t kBufSize[3] = {128, 1024, 4096};
 constexpr size_t kBufOffset[3] = {0, 128, 128 + 1024};
 constexpr size_t kSlotBytes = 128 + 1024 + 4096;
 constexpr size_t kPlotPoints = 720;
-// What a stat read is asked for past field 39 (the CPU): at most this much of
-// the rest of the line, and never more than half of it (see want_after()).
-constexpr size_t kStatTail = 48;
 constexpr uint64_t kTimerTag = ~uint64_t{0};  // user_data of the tick timer
 
 }  // namespace
@@ -646,14 +643,11 @@ struct Sampler::Impl {
 
   // How many bytes to ask for next time, from a whole file's text.
   // schedstat only grows (three counters) and status ends with the field we
-  // need: their length. stat's tail past the CPU field (13 fields) can
-  // shrink: ask for the CPU field and part of the tail, so that a file a bit
-  // shorter still fills the read (a read that comes short is still right,
-  // only slower: see submit()).
+  // need: their length. stat: stat_read_size() (a read that comes short is
+  // still right, only slower: see read_batch_and_wait()).
   static uint16_t want_after(int kind, std::string_view whole, const TaskStat* st) {
     size_t n = whole.size();
-    if (kind == kStat && st)
-      n = st->processor_end + std::min(kStatTail, (n - st->processor_end) / 2);
+    if (kind == kStat && st) n = stat_read_size(n, *st);
     return static_cast<uint16_t>(std::clamp<size_t>(n, 1, kBufSize[kind]));
   }
 
