@@ -117,6 +117,16 @@ TEST(PinCheck, WarnsWhenEmulatorSharesVcpuCpus) {
   EXPECT_NE(w[0].find("shares CPUs 2 with vCPUs"), std::string::npos) << w[0];
 }
 
+TEST(PinCheck, WarnsWhenAnIothreadIdIsTooLongForAThreadName) {
+  Profile p = with_pins({0, 2}, {4});
+  p.pinning.iothreads = {{"disk0", {4}}, {"iothread-disk", {4}}, {"iothread-dsk", {4}}};
+  auto w = check_pin_plan(p, host8());
+  ASSERT_EQ(w.size(), 1u);  // 13 bytes warns, 12 does not
+  EXPECT_NE(w[0].find("p.json: /pinning/iothreads/1/id: \"iothread-disk\" is longer than 12 bytes"),
+            std::string::npos)
+      << w[0];
+}
+
 TEST(PinCheck, ReadsTopologyFromSysfsLayout) {
   test::TempDir root;
   std::string cpu = root.path() + "/sys/devices/system/cpu";

@@ -173,6 +173,17 @@ std::vector<std::string> check_pin_plan(const Profile& profile, const CpuTopolog
     warnings.push_back("the emulator set shares CPUs " + format_cpulist(shared) +
                        " with vCPUs; emulator work will preempt the guest there");
   }
+  // QEMU names an iothread "IO <id>"; the kernel keeps names to 15 bytes and
+  // refuses longer ones, so the thread stays "qemu-system-x86".
+  for (size_t i = 0; i < pin.iothreads.size(); ++i) {
+    const std::string& id = pin.iothreads[i].id;
+    if (id.size() > 12) {
+      warnings.push_back(profile.file + ": /pinning/iothreads/" + std::to_string(i) + "/id: \"" +
+                         id + "\" is longer than 12 bytes, too long for a thread name (\"IO " + id +
+                         "\" > 15): top, ps and `latency --pid` will show the iothread as "
+                         "qemu-system-x86");
+    }
+  }
   return warnings;
 }
 
