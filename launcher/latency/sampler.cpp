@@ -832,10 +832,13 @@ struct Sampler::Impl {
       tick.fetch_add(1, std::memory_order_relaxed);
       process();
       if (last) break;
-      if (tick.load(std::memory_order_relaxed) % rescan_ticks == 0 || live == 0 || rescan_due) {
+      bool periodic = tick.load(std::memory_order_relaxed) % rescan_ticks == 0;
+      if (periodic || live == 0 || rescan_due) {
+        // A thread went away: look for new ones now (QEMU's worker threads
+        // come and go), but read status only at the periodic rescans.
         rescan_due = false;
         if (!rescan()) process_exited = true;
-        status_due = true;
+        status_due |= periodic;
       }
       prepare();
     }
