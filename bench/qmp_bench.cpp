@@ -6,11 +6,8 @@
 // Each is measured in several alternating rounds; the best round counts, so
 // that load from other processes on the machine hurts all of them alike.
 // Usage: qmp_bench [ROUND_TRIPS_PER_ROUND]  (default 20000)
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <boost/asio/redirect_error.hpp>
@@ -19,79 +16,32 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "qmp/client.h"  // first: it works around Boost 1.74's awaitable.hpp
-
-extern char** environ;
+#include "qemu_fixture.h"  // the paused QEMU the tests use too
+#include "qmp/client.h"    // first: it works around Boost 1.74's awaitable.hpp
 
 namespace {
 
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
+using pl::test::Qemu;
 using qmp::awaitable;
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-struct Qemu {
-  pid_t pid = -1;
-  std::string dir, socket;
-
-  Qemu() {
-    char tmpl[] = "/tmp/plqmp-bench-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
-    dir = tmpl;
-    socket = dir + "/qmp.sock";
-    std::vector<std::string> argv = {"/usr/bin/qemu-system-x86_64",
-                                     "-S",
-                                     "-nodefaults",
-                                     "-no-user-config",
-                                     "-display",
-                                     "none",
-                                     "-machine",
-                                     "q35",
-                                     "-m",
-                                     "64",
-                                     "-qmp",
-                                     "unix:" + socket + ",server=on,wait=off"};
-    int kvm = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (kvm >= 0) {
-      ::close(kvm);
-      argv.insert(argv.end(), {"-accel", "kvm", "-cpu", "host,-arch-capabilities"});
-    } else {
-      argv.insert(argv.end(), {"-accel", "tcg"});
-    }
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    int rc = posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ);
-    if (rc != 0) throw std::runtime_error(std::string("posix_spawn qemu: ") + std::strerror(rc));
-    std::printf("QEMU pid %d, %s, paused\n", pid, kvm >= 0 ? "KVM" : "TCG");
-  }
-  ~Qemu() {
-    ::kill(pid, SIGKILL);
-    int st;
-    ::waitpid(pid, &st, 0);
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  }
-  bool alive() const {
-    int st;
-    return ::waitpid(pid, &st, WNOHANG) == 0;
-  }
-  qmp::ConnectOptions connect_options() const {
-    qmp::ConnectOptions o;
-    o.timeout = std::chrono::seconds(60);
-    o.greeting_timeout = std::chrono::seconds(60);
-    o.peer_alive = [this] { return alive(); };
-    return o;
-  }
-};
+/// Connect options that retry while `qemu` lives.
+qmp::ConnectOptions connect_options(Qemu& qemu) {
+  qmp::ConnectOptions o;
+  o.timeout = std::chrono::seconds(60);
+  o.greeting_timeout = std::chrono::seconds(60);
+  o.peer_alive = [&qemu] { return qemu.alive(); };
+  return o;
+}
 
 // The floor: blocking socket, no JSON parsing, one message per CRLF line.
 class RawClient {
@@ -160,8 +110,8 @@ class RawClient {
   std::string buf_;
 };
 
-double raw_rate(const Qemu& q, int n, int window = 1) {
-  RawClient raw(q.socket);
+double raw_rate(Qemu& q, int n, int window = 1) {
+  RawClient raw(q.qmp_socket());
   auto t = Clock::now();
   if (window > 1) {
     raw.pipelined(n, window);
@@ -176,7 +126,7 @@ awaitable<void> sequential(qmp::Client& c, int n) {
 }
 
 // Library rate with `inflight` coroutines each doing n / inflight commands.
-double library_rate(const Qemu& q, int n, int inflight, bool oob = false) {
+double library_rate(Qemu& q, int n, int inflight, bool oob = false) {
   asio::io_context io;
   qmp::Client c(io.get_executor());
   double rate = 0;
@@ -184,9 +134,9 @@ double library_rate(const Qemu& q, int n, int inflight, bool oob = false) {
   asio::co_spawn(
       io,
       [&]() -> awaitable<void> {
-        qmp::ConnectOptions o = q.connect_options();
+        qmp::ConnectOptions o = connect_options(q);
         o.oob = oob;  // QEMU then reads requests in its monitor I/O thread
-        co_await c.connect(q.socket, o);
+        co_await c.connect(q.qmp_socket(), o);
         co_await c.execute("query-status");  // warm up
         int per = n / inflight;
         int left = inflight;
@@ -221,10 +171,11 @@ int main(int argc, char** argv) {
   if (n < 64) n = 64;
   const int rounds = 3;
   try {
-    Qemu q;
-    {  // wait until QEMU listens
+    Qemu q(pl::test::paused_qemu_argv());
+    std::printf("QEMU pid %d, %s, paused\n", q.pid(), pl::test::kvm_works() ? "KVM" : "TCG");
+    {  // wait until QEMU answers
       qmp::SyncClient probe;
-      probe.connect(q.socket, q.connect_options());
+      probe.connect(q.qmp_socket(), connect_options(q));
     }
     double raw = 0, lib = 0, pipe = 0, pipe_oob = 0, raw_pipe = 0;
     for (int r = 0; r < rounds; ++r) {

@@ -140,7 +140,7 @@ TEST(ArgvQemu, QemuAcceptsTheDemoArgv) {
   HostFacts f = golden_facts(p);
   f.runtime_dir = dir.path();
   auto argv = build_qemu_argv(p, f);
-  test::PausedQemu qemu(argv);
+  test::Qemu qemu(argv);
   EXPECT_EQ(qemu.query_status(), "prelaunch");
 }
 
@@ -174,7 +174,7 @@ TEST(ArgvQemu, QemuAcceptsARichProfile) {
   HostFacts f = golden_facts(p);
   f.runtime_dir = dir.path();
   f.ovmf_vars = vars;
-  test::PausedQemu qemu(build_qemu_argv(p, f));
+  test::Qemu qemu(build_qemu_argv(p, f));
   EXPECT_EQ(qemu.query_status(), "prelaunch");
 }
 

@@ -20,7 +20,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,9 +27,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <functional>
-#include <iterator>
 #include <optional>
 #include <set>
 #include <thread>
@@ -463,41 +460,6 @@ class ArpCounter {
   int fd_ = -1;
 };
 
-/// Reads serial lines from `fd` until one equals `line` or the deadline.
-bool wait_for_line(int fd, const std::string& line, Clock::duration timeout, std::string& seen) {
-  auto deadline = Clock::now() + timeout;
-  std::string buf;
-  while (Clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (::poll(&p, 1, static_cast<int>(std::max<long>(left.count(), 0))) <= 0) continue;
-    char chunk[4096];
-    ssize_t got = ::read(fd, chunk, sizeof chunk);
-    if (got <= 0) return false;
-    buf.append(chunk, static_cast<size_t>(got));
-    for (size_t nl; (nl = buf.find('\n')) != std::string::npos; buf.erase(0, nl + 1)) {
-      std::string l = buf.substr(0, nl);
-      if (!l.empty() && l.back() == '\r') l.pop_back();
-      seen += l + "\n";
-      if (l == line) return true;
-    }
-  }
-  return false;
-}
-
-/// Reads one line (up to '\n') from a blocking stream.
-std::string read_line(int fd) {
-  std::string line;
-  char c;
-  while (::read(fd, &c, 1) == 1 && c != '\n') line += c;
-  return line;
-}
-
-std::string file_text(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // The whole path with real QEMU (TCG) in the namespace, from the bundled
 // profile profiles/demo-macvtap.json: build_qemu_argv gets the macvtap's fd as
 // fd 4; QEMU holds /dev/tapN; the guest's NIC carries the profile's MAC; its
@@ -521,69 +483,42 @@ TEST(NetQemu, DemoMacvtapGuestFramesLeaveThroughTheMacvtap) {
     HostFacts facts;
     facts.runtime_dir = dir.path();
     facts.accel = Accel::kTcg;
-    facts.qmp_fd = 3;
+    facts.qmp_fd = 3;  // QMP: a listening socket QEMU inherits (the launcher's way)
     facts.net_fds = {{4, tap.vhost_fd >= 0 ? 5 : -1}};
-    SpawnSpec spec;
-    spec.argv = build_qemu_argv(p, facts);
-    // QMP: a listening socket QEMU inherits as fd 3 (the launcher's way).
-    int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::string qmp_path = dir.path() + "/qmp.sock";
-    qmp_path.copy(addr.sun_path, sizeof addr.sun_path - 1);
-    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    ASSERT_EQ(::listen(listener, 1), 0);
-    spec.fds = {{listener, 3}, {tap.tap_fd, 4}};
-    if (tap.vhost_fd >= 0) spec.fds.push_back({tap.vhost_fd, 5});
-    auto [serial_rd, serial_wr] = make_pipe();
-    std::string err_log = dir.path() + "/qemu.stderr";
-    int err_fd = ::open(err_log.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    spec.stdout_fd = serial_wr;
-    spec.stderr_fd = err_fd;
-    spec.death_signal = SIGKILL;  // also when this thread ends early
-    Child qemu = spawn_child(spec);
-    ::close(serial_wr);
-    ::close(err_fd);
-    close_fds(tap);  // QEMU holds them now
+    test::Qemu::Options options{.fds = {{tap.tap_fd, 4}}, .serial = true};
+    if (tap.vhost_fd >= 0) options.fds.push_back({tap.vhost_fd, 5});
+    {
+      test::Qemu qemu(build_qemu_argv(p, facts), options);
+      close_fds(tap);  // QEMU holds them now
 
-    struct stat st {};
-    std::string fd4 = "/proc/" + std::to_string(qemu.pid) + "/fd/4";
-    EXPECT_EQ(::stat(fd4.c_str(), &st), 0);
-    EXPECT_EQ(st.st_rdev, tap_dev) << fd4 << " is the macvtap's character device";
+      struct stat st {};
+      std::string fd4 = "/proc/" + std::to_string(qemu.pid()) + "/fd/4";
+      EXPECT_EQ(::stat(fd4.c_str(), &st), 0);
+      EXPECT_EQ(st.st_rdev, tap_dev) << fd4 << " is the macvtap's character device";
 
-    // The guest starts paused (-S): continue it over QMP.
-    int qmp = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ASSERT_EQ(::connect(qmp, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    ::close(listener);
-    EXPECT_NE(read_line(qmp).find("\"QMP\""), std::string::npos) << file_text(err_log);
-    EXPECT_EQ(test::qmp_exchange(qmp, R"({"execute": "qmp_capabilities"})"), R"({"return":{}})");
-    EXPECT_EQ(test::qmp_exchange(qmp, R"({"execute": "cont"})"), R"({"return":{}})");
+      // The guest starts paused (-S): continue it over QMP.
+      EXPECT_EQ(qemu.qmp(R"({"execute": "cont"})"), R"({"return":{}})");
 
-    std::string seen;
-    bool nic = wait_for_line(serial_rd, "passlaunch-guest: net eth0 " + net.mac, 120s, seen);
-    EXPECT_TRUE(nic) << seen << file_text(err_log);
-    bool ready = nic && wait_for_line(serial_rd, "passlaunch-guest: ready", 120s, seen);
-    EXPECT_TRUE(ready) << seen;
-    uint64_t rx_before = read_link("pl-veth1").value().rx_packets;
-    // About one ARP probe a second; 3 within 60 s leaves room for a slow TCG guest.
-    if (ready) {
-      EXPECT_EQ(counter.count(mac_bytes, 3, 60s), 3);
-    }
-    EXPECT_GE(read_link("pl-veth1").value().rx_packets, rx_before + (ready ? 3 : 0));
+      bool nic = qemu.wait_for_line("passlaunch-guest: net eth0 " + net.mac, 120s).has_value();
+      EXPECT_TRUE(nic) << qemu.transcript();
+      bool ready = nic && qemu.wait_for_line("passlaunch-guest: ready", 120s).has_value();
+      EXPECT_TRUE(ready) << qemu.transcript();
+      uint64_t rx_before = read_link("pl-veth1").value().rx_packets;
+      // About one ARP probe a second; 3 within 60 s leaves room for a slow TCG guest.
+      if (ready) {
+        EXPECT_EQ(counter.count(mac_bytes, 3, 60s), 3);
+      }
+      EXPECT_GE(read_link("pl-veth1").value().rx_packets, rx_before + (ready ? 3 : 0));
 
-    // Graceful end: the power button; the guest powers off and QEMU exits 0.
-    EXPECT_EQ(test::qmp_exchange(qmp, R"({"execute": "system_powerdown"})"), R"({"return":{}})");
-    pollfd pfd{qemu.pidfd, POLLIN, 0};
-    if (::poll(&pfd, 1, 120'000) != 1) {
-      ADD_FAILURE() << "QEMU still runs 120 s after system_powerdown";
-      ::kill(qemu.pid, SIGKILL);
-    }
-    int status = 0;
-    ::waitpid(qemu.pid, &status, 0);
-    EXPECT_EQ(describe_wait_status(status), "exited with status 0") << file_text(err_log);
-    ::close(qemu.pidfd);
-    ::close(qmp);
-    ::close(serial_rd);
+      // Graceful end: the power button; the guest powers off and QEMU exits 0.
+      EXPECT_EQ(qemu.qmp(R"({"execute": "system_powerdown"})"), R"({"return":{}})");
+      auto status = qemu.wait_exit(120s);
+      if (!status) {
+        ADD_FAILURE() << "QEMU still runs 120 s after system_powerdown";
+      } else {
+        EXPECT_EQ(describe_wait_status(*status), "exited with status 0") << qemu.transcript();
+      }
+    }  // killed if still running, and reaped
     EXPECT_TRUE(read_link("pl-demo-0")) << "a macvtap outlives QEMU";
     EXPECT_TRUE(delete_link("pl-demo-0"));
     EXPECT_EQ(link_names(), kPairOnly);

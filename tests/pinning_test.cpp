@@ -143,34 +143,10 @@ TEST(PinCheck, ReadsTopologyFromSysfsLayout) {
 // Real QEMU, paused: thread ids from QMP, pins applied, /proc agrees.
 TEST(PinQemu, PinsEveryThreadOfAPausedQemu) {
   if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs 2 CPUs";
-  bool kvm = test::kvm_works();
-  std::vector<std::string> argv = {"qemu-system-x86_64",
-                                   "-name",
-                                   "pintest,debug-threads=on",
-                                   "-nodefaults",
-                                   "-no-user-config",
-                                   "-S",
-                                   "-display",
-                                   "none",
-                                   "-machine",
-                                   "q35",
-                                   "-accel",
-                                   kvm ? "kvm" : "tcg",
-                                   "-cpu",
-                                   kvm ? "host,-arch-capabilities" : "max",
-                                   "-smp",
-                                   "2",
-                                   "-m",
-                                   "128M",
-                                   "-object",
-                                   "iothread,id=io1",
-                                   "-chardev",
-                                   "socket,id=qmp,fd=3,server=on,wait=off",
-                                   "-mon",
-                                   "chardev=qmp,mode=control"};
-  test::PausedQemu qemu(argv);
-  auto cpus = nlohmann::json::parse(qemu.execute(R"({"execute": "query-cpus-fast"})"))["return"];
-  auto ios = nlohmann::json::parse(qemu.execute(R"({"execute": "query-iothreads"})"))["return"];
+  test::Qemu qemu(test::paused_qemu_argv(
+      {"-name", "pintest,debug-threads=on", "-smp", "2", "-object", "iothread,id=io1"}));
+  auto cpus = nlohmann::json::parse(qemu.qmp(R"({"execute": "query-cpus-fast"})"))["return"];
+  auto ios = nlohmann::json::parse(qemu.qmp(R"({"execute": "query-iothreads"})"))["return"];
   QemuThreads q;
   for (auto& c : cpus) q.vcpus[c["cpu-index"]] = c["thread-id"];
   for (auto& i : ios) q.iothreads[i["id"]] = i["thread-id"];

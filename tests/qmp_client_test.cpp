@@ -66,8 +66,7 @@ Error expect_error(F&& op) {
 }
 
 TEST(QmpClient, ConnectsAndExecutes) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     json cmd = p.expect("query-status");
     EXPECT_FALSE(cmd.contains("arguments"));  // null arguments are omitted
@@ -91,9 +90,8 @@ TEST(QmpClient, ConnectsAndExecutes) {
 }
 
 TEST(QmpClient, GreetingByteByByte) {
-  TempDir dir;
   std::string greeting = Peer::greeting().dump() + "\r\n";
-  FakeServer server(dir, [&](Peer& p) {
+  FakeServer server([&](Peer& p) {
     p.send_bytewise(greeting);
     json cmd = p.expect("qmp_capabilities");
     p.send_bytewise(json({{"return", json::object()}, {"id", cmd["id"]}}).dump());
@@ -108,8 +106,7 @@ TEST(QmpClient, GreetingByteByByte) {
 }
 
 TEST(QmpClient, EventBeforeGreetingIsDeliveredNotFatal) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.send_json(Peer::event("EARLY"));
     p.negotiate();
     p.wait_eof();
@@ -123,8 +120,7 @@ TEST(QmpClient, EventBeforeGreetingIsDeliveredNotFatal) {
 }
 
 TEST(QmpClient, BytesAfterTheGreetingInTheSameReadAreKept) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.send(Peer::greeting().dump() + "\r\n" + Peer::event("AFTER").dump() + "\r\n{\"ev");
     p.send("ent\": \"SPLIT\"}\r\n");
     p.reply(p.expect("qmp_capabilities"), json::object());
@@ -140,8 +136,7 @@ TEST(QmpClient, BytesAfterTheGreetingInTheSameReadAreKept) {
 }
 
 TEST(QmpClient, NoGreetingMeansBusy) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) { p.wait_eof(); });
+  FakeServer server([](Peer& p) { p.wait_eof(); });
   SyncClient c;
   Error e = expect_error([&] { c.connect(server.path, fake_connect(300ms)); });
   EXPECT_EQ(e.kind(), ErrorKind::busy);
@@ -151,8 +146,7 @@ TEST(QmpClient, NoGreetingMeansBusy) {
 }
 
 TEST(QmpClient, EventBetweenCapabilitiesAndItsReplyIsDelivered) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.greet();
     json cmd = p.expect("qmp_capabilities");
     p.send_json(Peer::event("RESUME"));
@@ -170,8 +164,7 @@ TEST(QmpClient, EventBetweenCapabilitiesAndItsReplyIsDelivered) {
 
 TEST(QmpClient, OobIsEnabledOnlyWhenAsked) {
   for (bool oob : {false, true}) {
-    TempDir dir;
-    FakeServer server(dir, [oob](Peer& p) {
+    FakeServer server([oob](Peer& p) {
       p.greet();
       json cmd = p.expect("qmp_capabilities");
       if (oob) {
@@ -193,9 +186,8 @@ TEST(QmpClient, OobIsEnabledOnlyWhenAsked) {
 }
 
 TEST(QmpClient, HundredPipelinedCommandsWithRepliesOutOfOrder) {
-  TempDir dir;
   const int n = 100;
-  FakeServer server(dir, [&](Peer& p) {
+  FakeServer server([&](Peer& p) {
     p.negotiate();
     std::vector<json> cmds;
     for (int i = 0; i < n; ++i) cmds.push_back(p.expect("echo"));
@@ -219,8 +211,7 @@ TEST(QmpClient, HundredPipelinedCommandsWithRepliesOutOfOrder) {
 }
 
 TEST(QmpClient, UnknownAndDuplicateIdsAreDropped) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     json cmd = p.expect("a");
     p.send_json(json{{"return", "stray"}, {"id", 424242}});
@@ -245,8 +236,7 @@ TEST(QmpClient, UnknownAndDuplicateIdsAreDropped) {
 }
 
 TEST(QmpClient, IdlessErrorBurstIsLoggedAndTheConnectionGoesOn) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     json cmd = p.expect("a");
     for (int i = 0; i < 5; ++i) {
@@ -265,8 +255,7 @@ TEST(QmpClient, IdlessErrorBurstIsLoggedAndTheConnectionGoesOn) {
 }
 
 TEST(QmpClient, ErrorReplyCarriesCommandClassAndDescription) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     p.error(p.expect("nope"), "CommandNotFound", "The command nope has not been found");
     p.reply(p.expect("after"), 1);
@@ -314,8 +303,7 @@ TEST(QmpClient, MalformedRepliesFailAtOnce) {
   };
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.name);
-    TempDir dir;
-    FakeServer server(dir, [&](Peer& p) {
+    FakeServer server([&](Peer& p) {
       p.negotiate();
       json cmd = p.expect("a");
       p.send(tc.reply(cmd["id"]));
@@ -334,8 +322,7 @@ TEST(QmpClient, MalformedRepliesFailAtOnce) {
 }
 
 TEST(QmpClient, EofInsideAReplyFailsAllThreePendingCommands) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     json first = p.expect("a");
     p.expect("a");
@@ -359,9 +346,8 @@ TEST(QmpClient, EofInsideAReplyFailsAllThreePendingCommands) {
 }
 
 TEST(QmpClient, OversizeMessageIsAProtocolErrorWithBoundedMemory) {
-  TempDir dir;
   std::size_t sent = 0;
-  FakeServer server(dir, [&](Peer& p) {
+  FakeServer server([&](Peer& p) {
     p.negotiate();
     p.expect("a");
     p.send("{\"return\": \"");
@@ -379,8 +365,7 @@ TEST(QmpClient, OversizeMessageIsAProtocolErrorWithBoundedMemory) {
 }
 
 TEST(QmpClient, TimeoutThenLateReplyIsDroppedAndNextCommandWorks) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     json stalled = p.expect("slow");
     json next = p.expect("fast");  // sent only after "slow" timed out
@@ -401,9 +386,8 @@ TEST(QmpClient, TimeoutThenLateReplyIsDroppedAndNextCommandWorks) {
 }
 
 TEST(QmpClient, EventStormWithIdleConsumerKeepsRepliesFlowingAndMemoryBounded) {
-  TempDir dir;
   const int storm = 10000;
-  FakeServer server(dir, [&](Peer& p) {
+  FakeServer server([&](Peer& p) {
     p.negotiate();
     json cmd = p.expect("a");
     for (int i = 0; i < storm; ++i) p.send_json(Peer::event("STORM", {{"n", i}}));
@@ -426,8 +410,7 @@ TEST(QmpClient, EventStormWithIdleConsumerKeepsRepliesFlowingAndMemoryBounded) {
 }
 
 TEST(QmpClient, PrettyMultiLineBareLfAndBlankLines) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.send("\r\n\n" + Peer::greeting().dump(4) + "\n\n");
     json cmd = p.expect("qmp_capabilities");
     p.send(json{{"return", json::object()}, {"id", cmd["id"]}}.dump(2) + "\n");
@@ -446,8 +429,7 @@ TEST(QmpClient, PrettyMultiLineBareLfAndBlankLines) {
 }
 
 TEST(QmpClient, EventBeforeTheReplyIsSeenByAListenerRegisteredFirst) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     json cmd = p.expect("stop");
     p.send_json(Peer::event("STOP"));  // QEMU sends STOP before stop's reply
@@ -474,8 +456,7 @@ TEST(QmpClient, EventBeforeTheReplyIsSeenByAListenerRegisteredFirst) {
 }
 
 TEST(QmpClient, WaitForEventTimesOut) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     p.wait_eof();
   });
@@ -487,8 +468,7 @@ TEST(QmpClient, WaitForEventTimesOut) {
 }
 
 TEST(QmpClient, ThrowingListenerIsLoggedAndIgnored) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     json cmd = p.expect("a");
     p.send_json(Peer::event("E"));
@@ -508,8 +488,7 @@ TEST(QmpClient, ThrowingListenerIsLoggedAndIgnored) {
 }
 
 TEST(QmpClient, QuitThenShutdownReplyAndEofIsANormalEnd) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     json cmd = p.expect("quit");
     p.send_json(Peer::event("SHUTDOWN", {{"guest", false}, {"reason", "host-qmp-quit"}}));
@@ -527,8 +506,7 @@ TEST(QmpClient, QuitThenShutdownReplyAndEofIsANormalEnd) {
 }
 
 TEST(QmpClient, QuitWhoseReplyIsLostToTheClosingSocketStillSucceeds) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     p.expect("quit");
     ::shutdown(p.fd(), SHUT_RDWR);
@@ -540,8 +518,7 @@ TEST(QmpClient, QuitWhoseReplyIsLostToTheClosingSocketStillSucceeds) {
 }
 
 TEST(QmpClient, EofWithoutQuitIsNotNormalAndEndsSubscriptions) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     p.send_json(Peer::event("SHUTDOWN", {{"guest", true}, {"reason", "guest-shutdown"}}));
   });
@@ -558,8 +535,7 @@ TEST(QmpClient, EofWithoutQuitIsNotNormalAndEndsSubscriptions) {
 }
 
 TEST(QmpClient, CloseFailsPendingCommands) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer& p) {
+  FakeServer server([](Peer& p) {
     p.negotiate();
     p.wait_eof();
   });
@@ -589,9 +565,7 @@ TEST(QmpClient, CloseFailsPendingCommands) {
 }
 
 TEST(QmpClient, ConnectRetriesWhileThePeerIsAliveUntilTheSocketAppears) {
-  TempDir dir;
   FakeServer server(
-      dir,
       [](Peer& p) {
         p.negotiate();
         p.wait_eof();
@@ -644,8 +618,7 @@ TEST(QmpClient, ConnectWithoutPeerAliveTriesOnce) {
 }
 
 TEST(QmpClient, EofBeforeGreetingIsDisconnected) {
-  TempDir dir;
-  FakeServer server(dir, [](Peer&) {});
+  FakeServer server([](Peer&) {});
   SyncClient c;
   Error e = expect_error([&] { c.connect(server.path, fake_connect()); });
   EXPECT_EQ(e.kind(), ErrorKind::disconnected);
@@ -659,8 +632,7 @@ TEST(QmpClient, MalformedGreetingIsAProtocolError) {
               {{"version", {{"qemu", {{"major", "seven"}}}}}, {"capabilities", json::array()}}}},
         json{{"hello", 1}}}) {
     SCOPED_TRACE(bad.dump());
-    TempDir dir;
-    FakeServer server(dir, [&](Peer& p) {
+    FakeServer server([&](Peer& p) {
       p.send_json(bad);
       p.wait_eof();
     });
@@ -674,12 +646,11 @@ TEST(QmpClient, MalformedGreetingIsAProtocolError) {
 // fd-bearing command waits until the first has its reply, while plain
 // commands are not held back.
 TEST(QmpClient, FdPassingSendsTheFdWithTheCommandOneAtATime) {
-  TempDir dir;
   int memfd = ::memfd_create("pl-fake-fd", MFD_CLOEXEC);
   ASSERT_GE(memfd, 0);
   struct stat want {};
   ::fstat(memfd, &want);
-  FakeServer server(dir, [&](Peer& p) {
+  FakeServer server([&](Peer& p) {
     p.negotiate();
     json first = p.expect("getfd");
     EXPECT_EQ(first["arguments"]["fdname"], "one");
@@ -719,10 +690,9 @@ namespace {
 // not reading) is taken back: QEMU never runs it, and the queue cannot grow
 // without bound behind a stalled peer.
 TEST(QmpClient, CommandTimedOutBeforeSendingIsNeverSent) {
-  TempDir dir;
   std::promise<void> go;
   auto started = go.get_future().share();
-  FakeServer server(dir, [started](Peer& p) {
+  FakeServer server([started](Peer& p) {
     p.negotiate();
     started.wait();  // stall: the client's big command fills the socket
     json big = p.expect("big");

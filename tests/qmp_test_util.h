@@ -1,6 +1,6 @@
-// Test fixtures for the qmp tests: temp dirs, a real QEMU child, a scripted
-// fake QMP server (a blocking thread on a real Unix socket) and a child
-// process runner for the passlaunch binary.
+// Test fixtures for the qmp tests: a scripted fake QMP server (a blocking
+// thread on a real Unix socket), a child process runner for the passlaunch
+// binary, and the paused real QEMU of qemu_fixture.h as these tests use it.
 #pragma once
 
 #include <fcntl.h>
@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "qemu_fixture.h"
 #include "qmp/client.h"
 #include "qmp/framer.h"
 
@@ -37,23 +38,8 @@ namespace qmp::testing {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-/// A fresh directory under /tmp (short, for sun_path), removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/plqmp-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string path(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using pl::test::Qemu;
+using pl::test::TempDir;
 
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path);
@@ -73,12 +59,11 @@ inline bool eventually(const std::function<bool()>& cond, std::chrono::milliseco
   return true;
 }
 
-/// A child process started with posix_spawn (no shell); killed and reaped by
-/// the destructor if still running.
+/// A child process started with posix_spawn (no shell), stdout and stderr on
+/// pipes; killed and reaped by the destructor if still running.
 class Child {
  public:
-  Child(const std::vector<std::string>& argv, const std::string& log_path,
-        bool pipe_output = false) {
+  explicit Child(const std::vector<std::string>& argv) {
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -86,24 +71,16 @@ class Child {
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     int out[2] = {-1, -1}, err[2] = {-1, -1};
-    if (pipe_output) {
-      if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
-        throw std::runtime_error("pipe");
-      posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-      posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    } else {
-      posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                       0600);
-      posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    }
+    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
+      throw std::runtime_error("pipe");
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
     int rc = posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
-    if (pipe_output) {
-      ::close(out[1]);
-      ::close(err[1]);
-      out_ = out[0];
-      err_ = err[0];
-    }
+    ::close(out[1]);
+    ::close(err[1]);
+    out_ = out[0];
+    err_ = err[0];
     if (rc != 0) throw std::runtime_error("posix_spawn " + argv[0] + ": " + std::strerror(rc));
   }
   ~Child() {
@@ -128,14 +105,14 @@ class Child {
     eventually([&] { return !alive(); }, limit);
     return status_;
   }
-  /// Reads stdout/stderr to EOF (pipe_output only) and waits for the exit.
+  /// Reads stdout/stderr to EOF and waits for the exit.
   int finish(std::string& out, std::string& err) {
     drain(out, err, true);
     auto st = wait();
     if (!st) throw std::runtime_error("child did not exit");
     return WIFEXITED(*st) ? WEXITSTATUS(*st) : 128 + WTERMSIG(*st);
   }
-  /// Reads stderr until it holds `needle` (pipe_output only).
+  /// Reads stderr until it holds `needle`.
   bool stderr_contains(const std::string& needle, std::string& err,
                        std::chrono::milliseconds limit = 60s) {
     auto end = std::chrono::steady_clock::now() + limit;
@@ -177,51 +154,23 @@ class Child {
   int out_ = -1, err_ = -1;
 };
 
-/// A paused QEMU (-S) with its QMP socket at dir/qmp.sock, under KVM when
-/// /dev/kvm opens, else TCG. Extra monitors: `extra` arguments.
-class Qemu {
- public:
-  explicit Qemu(const TempDir& dir, std::vector<std::string> extra = {})
-      : socket(dir.path("qmp.sock")), log(dir.path("qemu.log")) {
-    std::vector<std::string> argv = {"/usr/bin/qemu-system-x86_64",
-                                     "-S",
-                                     "-nodefaults",
-                                     "-no-user-config",
-                                     "-display",
-                                     "none",
-                                     "-machine",
-                                     "q35",
-                                     "-m",
-                                     "64",
-                                     "-name",
-                                     "pltest,debug-threads=on",
-                                     "-object",
-                                     "iothread,id=io0",
-                                     "-qmp",
-                                     "unix:" + socket + ",server=on,wait=off"};
-    int kvm = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (kvm >= 0) {
-      ::close(kvm);
-      argv.insert(argv.end(), {"-accel", "kvm", "-cpu", "host,-arch-capabilities"});
-    } else {
-      argv.insert(argv.end(), {"-accel", "tcg"});
-    }
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    child.emplace(argv, log);
-  }
-  /// Connect options that retry while this QEMU lives.
-  ConnectOptions connect_options() {
-    ConnectOptions o;
-    o.timeout = 60s;
-    o.greeting_timeout = 30s;
-    o.peer_alive = [this] { return child->alive(); };
-    return o;
-  }
-  pid_t pid() const { return child->pid(); }
+/// The paused QEMU the QMP tests talk to: VM name pltest (so threads are
+/// named), one vCPU, iothread io0; `extra` is appended.
+inline std::vector<std::string> pltest_argv(const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv = {"-name", "pltest,debug-threads=on", "-object",
+                                   "iothread,id=io0"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return pl::test::paused_qemu_argv(argv);
+}
 
-  std::string socket, log;
-  std::optional<Child> child;
-};
+/// Connect options that retry while `qemu` lives.
+inline ConnectOptions connect_options(Qemu& qemu) {
+  ConnectOptions o;
+  o.timeout = 60s;
+  o.greeting_timeout = 30s;
+  o.peer_alive = [&qemu] { return qemu.alive(); };
+  return o;
+}
 
 /// The peer side of one fake-server connection: blocking I/O, own framer.
 class Peer {
@@ -334,13 +283,14 @@ class Peer {
   Framer framer_;
 };
 
-/// A scripted QMP server on dir/fake.sock: accepts one client in a thread and
-/// runs `script` on it. The destructor joins; script failures are kept in
-/// failure() for the test to check.
+/// A scripted QMP server on `path` (in a temp dir of its own): accepts one
+/// client in a thread and runs `script` on it. The destructor joins; script
+/// failures are kept in failure() for the test to check.
 class FakeServer {
  public:
-  FakeServer(const TempDir& dir, std::function<void(Peer&)> script, bool listen_now = true)
-      : path(dir.path("fake.sock")), script_(std::move(script)) {
+  explicit FakeServer(std::function<void(Peer&)> script, bool listen_now = true)
+      : script_(std::move(script)) {
+    path = dir_.path("fake.sock");  // dir_ is made after path
     if (listen_now) listen();
   }
   /// Creates the listening socket and starts the thread (once).
@@ -378,6 +328,7 @@ class FakeServer {
   std::string path;
 
  private:
+  TempDir dir_;
   std::function<void(Peer&)> script_;
   int listen_fd_ = -1;
   std::thread thread_;
