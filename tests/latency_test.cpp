@@ -752,6 +752,7 @@ TEST(LatencySampler, CpuIsSampledOncePerCpuSampleInterval) {
     EXPECT_GT(t->cpu_samples, 0u);
     uint64_t cap = every == 2ms ? ran : ran / 8;
     EXPECT_LE(t->cpu_samples, cap + 1);
+    EXPECT_GE(t->cpu_samples, cap / 4);  // and it keeps sampling (load may skip a few)
     if (every == 2ms) {
       EXPECT_GT(t->cpu_samples, ran / 4);  // in every interval it ran
     }
@@ -790,9 +791,12 @@ TEST(LatencySampler, IoUringReadsRunInlineInOneEnterPerTick) {
   uint64_t handed = iowq.count() - before;
   Sampler::Stats st = s.stats();
   EXPECT_GT(st.reads, 4 * st.ticks);
-  // Only a read that came short (the file shrank) goes to io-wq; rare.
+  // Only a read that came short goes to io-wq: a file that shrank, or one
+  // read whole after it grew (a counter gaining a digit: often in a young
+  // thread like these, rare later). Every read would without O_NONBLOCK.
   EXPECT_LE(handed, st.short_reads);
-  EXPECT_LE(st.short_reads * 50, st.reads) << st.short_reads << " short of " << st.reads;
+  EXPECT_LE(st.short_reads * 10, st.reads) << st.short_reads << " short of " << st.reads;
+  EXPECT_LE(st.rereads * 10, st.reads) << st.rereads << " read again of " << st.reads;
   EXPECT_LE(st.uring_enters, st.ticks + handed + 1);
 }
 
@@ -944,13 +948,17 @@ TEST(LatencyCli, SamplesAVmByNameAsJsonCsvAndPlot) {
   std::ifstream in(csv);
   std::string header, row;
   std::getline(in, header);
-  EXPECT_EQ(header, "time_us,tid,role,cpu,run_us,runqueue_delay_us,timeslices,outside_allowed");
-  size_t rows = 0;
+  EXPECT_EQ(header, "time_us,tid,role,run_us,runqueue_delay_us,timeslices,cpu,outside_allowed");
+  size_t rows = 0, with_cpu = 0;
   while (std::getline(in, row)) {
     ++rows;
     EXPECT_EQ(std::count(row.begin(), row.end(), ','), 7) << row;
+    with_cpu += row.substr(row.size() - 2) != ",,";  // the CPU columns, when sampled
   }
   EXPECT_GE(rows, 4 * 5u);  // 4 threads, a few ticks each even on a loaded machine
+  // The CPU is sampled every 10 ms of running (5 ticks of 2 ms), not every row.
+  EXPECT_GT(with_cpu, 0u);
+  EXPECT_LT(with_cpu, rows);
 
   std::ifstream plot(svg);
   std::string text((std::istreambuf_iterator<char>(plot)), {});

@@ -279,10 +279,12 @@ struct Sampler::Impl {
     uint64_t delay_sum_ns = 0;
     uint64_t cpu_samples = 0, outside = 0;
     int last_cpu = -1;
-    uint64_t start_ticks = 0;    // stat field 22: tells a reused tid from this thread
-    uint32_t cpu_countdown = 1;  // intervals it runs before its next CPU sample
-    bool stat_due = true;        // read stat in the next batch
-    bool stat_counted = false;   // ... and count it as a CPU sample
+    uint64_t start_ticks = 0;     // stat field 22: tells a reused tid from this thread
+    uint32_t cpu_countdown = 1;   // intervals it runs before its next CPU sample
+    bool stat_due = true;         // read stat in the next batch
+    bool stat_counted = false;    // ... and count it as a CPU sample
+    uint64_t cpu_sampled_at = 0;  // the tick of the last CPU sample (0: none)
+    bool rebaseline = false;      // the next schedstat starts afresh, no sample
     bool exited = false;
     float series[kPlotPoints];
   };
@@ -483,10 +485,19 @@ struct Sampler::Impl {
         if (!known && !add_thread(tid)) ++no_room;
       }
     }
-    for (size_t s = 0; s < slots.size(); ++s)
-      if (slots[s].live && !slots[s].seen) thread_gone(s);
+    // Listing a task directory is not atomic: a thread that exits while it
+    // is listed can make the listing skip a live one. So a thread missing
+    // from it is gone only if its own file says so.
+    for (size_t s = 0; s < slots.size(); ++s) {
+      if (!slots[s].live || slots[s].seen) continue;
+      char probe[128];
+      ssize_t n = pread(slots[s].fd[kSched], probe, sizeof probe, 0);
+      if (n <= 0) thread_gone(s);
+    }
     untracked = std::max<uint64_t>(untracked, no_room);
-    return found > 0 && live > 0;
+    // Gone when nothing is listed, or only threads already seen and gone (a
+    // zombie leader): threads we had no room for still count as running.
+    return found > 0 && (live > 0 || no_room > 0);
   }
 
   // --- one tick ---------------------------------------------------------------
@@ -564,13 +575,13 @@ struct Sampler::Impl {
       rc = io_uring_submit_and_wait(&ring, static_cast<unsigned>(n + (wake_at > 0)));
       ++uring_enters;
     } while (rc == -EINTR);
-    // Anything else would leave a batch that never completes: fail loudly
-    // (what the kernel did not take is never run; drain() waits for the rest).
-    if (rc < 0) {
-      size_t untaken = io_uring_sq_ready(&ring);
+    // Anything else, or a batch the kernel did not take whole, would leave
+    // reads that never complete: fail loudly (what the kernel did not take is
+    // never run; drain() waits for the rest).
+    if (size_t untaken = io_uring_sq_ready(&ring); rc < 0 || untaken > 0) {
       if (timer_pending && untaken > 0) timer_pending = false, --untaken;
       outstanding -= std::min(outstanding, untaken);
-      throw system_error(Exit::kEnvironment, "io_uring submit", "", -rc);
+      throw system_error(Exit::kEnvironment, "io_uring submit", "", rc < 0 ? -rc : EAGAIN);
     }
     harvest();
     wait_all();  // after an EINTR, or a read that went to io-wq
@@ -620,13 +631,21 @@ struct Sampler::Impl {
     v = std::isnan(v) ? us : std::max(v, us);
   }
 
-  void csv_row(const Record& r, int64_t ts, const Schedstat& d, bool outside) {
+  // One row per thread and tick; `cpu` and `outside_allowed` only on the
+  // ticks that sampled the thread's CPU (empty otherwise).
+  void csv_row(const Record& r, int64_t ts, const Schedstat& d) {
     if (csv_fd < 0) return;
+    char cpu[32] = ",";
+    if (r.cpu_sampled_at == tick.load(std::memory_order_relaxed)) {
+      bool outside =
+          r.last_cpu < 0 || r.last_cpu >= CPU_SETSIZE || !CPU_ISSET(r.last_cpu, &r.allowed);
+      std::snprintf(cpu, sizeof cpu, "%d,%d", r.last_cpu, outside ? 1 : 0);
+    }
     char* out = csv_buf.data() + csv_len;
-    int n = std::snprintf(out, 256, "%lld,%d,%s,%d,%.1f,%.1f,%llu,%d\n",
-                          static_cast<long long>((ts - start_ts) / 1000), r.tid, r.role, r.last_cpu,
+    int n = std::snprintf(out, 256, "%lld,%d,%s,%.1f,%.1f,%llu,%s\n",
+                          static_cast<long long>((ts - start_ts) / 1000), r.tid, r.role,
                           d.run_ns / 1000.0, d.wait_ns / 1000.0,
-                          static_cast<unsigned long long>(d.timeslices), outside ? 1 : 0);
+                          static_cast<unsigned long long>(d.timeslices), cpu);
     csv_len += static_cast<size_t>(std::max(n, 0));
     if (csv_len > csv_buf.size() - 256) flush_csv();
   }
@@ -657,7 +676,7 @@ struct Sampler::Impl {
   std::string_view text_of(const Entry& e, bool& whole) {
     char* b = buf(e.slot, e.kind);
     whole = e.res < e.asked;  // short: the kernel gave the whole file
-    if (opt.reader == ReadMethod::kUring && whole && e.asked != kBufSize[e.kind])
+    if (opt.reader == ReadMethod::kUring && whole)
       short_reads.fetch_add(1, std::memory_order_relaxed);
     return std::string_view(b, static_cast<size_t>(e.res));
   }
@@ -702,6 +721,7 @@ struct Sampler::Impl {
           r.last_cpu = st->processor;
           if (e.counted) {
             ++r.cpu_samples;
+            r.cpu_sampled_at = tick.load(std::memory_order_relaxed);
             if (st->processor < 0 || st->processor >= CPU_SETSIZE ||
                 !CPU_ISSET(st->processor, &r.allowed))
               ++r.outside;
@@ -736,14 +756,24 @@ struct Sampler::Impl {
           }
         } else {
           auto ss = parse_schedstat(text);
-          if (!ss && !whole) ss = parse_schedstat(text = reread(e)), whole = true;
-          if (!ss) continue;
+          if (!ss) {
+            if (!whole) {
+              // Cut: a counter gained a digit. Read it whole next tick (the
+              // read comes short, io-wq finishes it), and take no sample
+              // until then: a read made now would be an interval late.
+              sl.want[kSched] = 0;
+              r.rebaseline = true;
+            }
+            continue;
+          }
           // A schedstat that parses is whole (it ends with its newline).
           sl.want[kSched] = want_after(kSched, text, nullptr);
-          if (!r.have_sched) {
+          if (!r.have_sched || r.rebaseline) {
+            if (!r.have_sched) r.first_sched = *ss, r.first_ts = ts;
             r.have_sched = true;
-            r.first_sched = r.last_sched = *ss;
-            r.first_ts = r.last_ts = ts;
+            r.rebaseline = false;
+            r.last_sched = *ss;
+            r.last_ts = ts;
             continue;
           }
           Schedstat d{ss->run_ns - r.last_sched.run_ns, ss->wait_ns - r.last_sched.wait_ns,
@@ -758,9 +788,7 @@ struct Sampler::Impl {
             r.stat_due = r.stat_counted = true;
             r.cpu_countdown = cpu_every;
           }
-          bool outside = ran && r.last_cpu >= 0 && r.last_cpu < CPU_SETSIZE &&
-                         !CPU_ISSET(r.last_cpu, &r.allowed);
-          csv_row(r, ts, d, outside);
+          csv_row(r, ts, d);
         }
       }
     }
@@ -773,7 +801,10 @@ struct Sampler::Impl {
     io_uring_params params{};
     // Deferred task work: completions are posted when we next enter the ring,
     // not by waking us up once per read (kernel 6.1+; fall back without).
-    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    // SUBMIT_ALL: a read the kernel cannot set up fails alone (its own CQE)
+    // instead of ending the submission early (5.18+).
+    params.flags =
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL;
     params.flags |= IORING_SETUP_CQSIZE;
     params.cq_entries = 2 * entries_n;
     int rc = io_uring_queue_init_params(entries_n, &ring, &params);
@@ -804,6 +835,15 @@ struct Sampler::Impl {
     if (ran) throw Error(Exit::kUsage, "latency sampler: run() called twice");
     ran = true;
     setup_ring();
+    try {
+      sample();
+    } catch (...) {
+      if (ring_ready) drain();
+      throw;
+    }
+  }
+
+  void sample() {
     scanner = std::make_unique<HostScanner>(opt.proc_root, opt.host_scan_interval,
                                             opt.host_scan_max_tasks);
     const int64_t interval = opt.interval.count();
@@ -822,10 +862,9 @@ struct Sampler::Impl {
     while (!process_exited && !stopping.load(std::memory_order_relaxed)) {
       next += interval;
       int64_t now = now_ns();
-      if (now > next) {  // fell behind: skip the ticks we missed
-        int64_t behind = (now - next) / interval;
-        missed += static_cast<uint64_t>(behind);
-        next += behind * interval;
+      if (now > next) {  // fell behind: skip the ticks we missed, start afresh
+        missed += static_cast<uint64_t>((now - next) / interval);
+        next = now + interval;  // an interval between reads, not a sliver
       }
       bool last = next >= end;
       read_batch_and_wait(last ? 0 : next);
@@ -917,26 +956,26 @@ struct Sampler::Impl {
     return rep;
   }
 
-  // Waits for the reads still in flight (run() unwinding on an error): the
-  // kernel writes into `buffers` until they complete. procfs reads finish in
-  // microseconds; if some never do, the buffers are leaked rather than freed
-  // under the kernel's feet.
+  // Waits for the reads still in flight when sampling stops on an error: the
+  // kernel writes into `buffers` until they complete. On the sampling thread
+  // (the ring's single issuer). procfs reads finish in microseconds. (The
+  // timer needs nothing: the kernel copied its time at submission.)
   void drain() {
     int64_t deadline = now_ns() + 2'000'000'000;
-    while ((outstanding > 0 || timer_pending) && now_ns() < deadline) {
+    while (outstanding > 0 && now_ns() < deadline) {
       __kernel_timespec wait{0, 100'000'000};
       io_uring_cqe* cqe;
-      io_uring_wait_cqe_timeout(&ring, &cqe, &wait);
+      int rc = io_uring_wait_cqe_timeout(&ring, &cqe, &wait);
+      if (rc < 0 && rc != -ETIME && rc != -EINTR) break;
       harvest();
     }
-    if (outstanding > 0) new std::vector<char>(std::move(buffers));
   }
 
   ~Impl() {
-    if (ring_ready) {
-      drain();
-      io_uring_queue_exit(&ring);
-    }
+    // Reads that never completed: leak their buffers rather than free them
+    // under the kernel's feet.
+    if (outstanding > 0) new std::vector<char>(std::move(buffers));
+    if (ring_ready) io_uring_queue_exit(&ring);
     for (Slot& sl : slots)
       for (int fd : sl.fd)
         if (fd >= 0) close(fd);
@@ -975,7 +1014,7 @@ Sampler::Sampler(SamplerOptions options) : impl_(std::make_unique<Impl>()) {
       throw system_error(Exit::kUsage, "latency: cannot write --csv", m.opt.csv_path, errno);
     m.csv_buf.resize(65536);
     const char header[] =
-        "time_us,tid,role,cpu,run_us,runqueue_delay_us,timeslices,outside_allowed\n";
+        "time_us,tid,role,run_us,runqueue_delay_us,timeslices,cpu,outside_allowed\n";
     std::memcpy(m.csv_buf.data(), header, sizeof header - 1);
     m.csv_len = sizeof header - 1;
   }
