@@ -37,6 +37,7 @@
 #include "latency/report.h"
 #include "latency/role.h"
 #include "latency/sampler.h"
+#include "qemu_fixture.h"
 
 namespace pl::latency {
 namespace {
@@ -1007,30 +1008,13 @@ TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
   EXPECT_FALSE(j["threads"].empty());
 }
 
-// Real QEMU (TCG, paused) that writes qemu.pid but has no passlaunch control
+// Real QEMU (paused; KVM or TCG) with a qemu.pid but no passlaunch control
 // socket: its debug-threads names give the roles, and a warning says so.
 // (tests/run_test.cpp: with a control socket, roles come from QMP.)
 TEST(LatencyCli, QemuThreadsGetTheirRolesByVmName) {
-  std::string qemu = "/usr/bin/qemu-system-x86_64";
-  if (!fs::exists(qemu)) GTEST_SKIP() << "qemu-system-x86_64 is not installed";
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int null = open("/dev/null", O_RDWR);
-    dup2(null, 0);
-    dup2(null, 1);
-    execl(qemu.c_str(), qemu.c_str(), "-name", "lat,debug-threads=on", "-S", "-accel", "tcg",
-          "-smp", "2", "-m", "64", "-nodefaults", "-display", "none", "-object",
-          "iothread,id=iothread0", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  } reap{pid};
+  test::Qemu qemu(test::paused_qemu_argv(
+      {"-name", "lat,debug-threads=on", "-smp", "2", "-object", "iothread,id=iothread0"}));
+  pid_t pid = qemu.pid();
   // QEMU names its vCPU threads once the machine is built.
   std::string task = "/proc/" + std::to_string(pid) + "/task";
   wait_for(
@@ -1058,8 +1042,9 @@ TEST(LatencyCli, QemuThreadsGetTheirRolesByVmName) {
   nlohmann::json j = nlohmann::json::parse(r.out);
   std::map<std::string, std::string> role_of;  // name -> role
   for (const auto& t : j["threads"]) role_of[t["name"]] = t["role"];
-  EXPECT_EQ(role_of["CPU 0/TCG"], "vcpu 0") << j.dump();
-  EXPECT_EQ(role_of["CPU 1/TCG"], "vcpu 1") << j.dump();
+  std::string accel = test::kvm_works() ? "KVM" : "TCG";
+  EXPECT_EQ(role_of["CPU 0/" + accel], "vcpu 0") << j.dump();
+  EXPECT_EQ(role_of["CPU 1/" + accel], "vcpu 1") << j.dump();
   EXPECT_EQ(role_of["IO iothread0"], "iothread iothread0") << j.dump();
   EXPECT_EQ(role_of["qemu-system-x86"], "emulator") << j.dump();
 }
