@@ -28,7 +28,7 @@ struct LatencyArgs {
   std::string duration = "10s";
   std::string interval = "1ms";
   std::string rescan = "100ms";
-  std::string cpu_sample = "10ms";
+  std::string cpu_sample = "50ms";
   std::string host_scan = "1s";
   std::string reader = "uring";
   bool json = false;

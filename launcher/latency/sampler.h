@@ -35,9 +35,9 @@ struct SamplerOptions {
   std::chrono::nanoseconds rescan_interval = 100ms;  ///< thread list + status reads
   /// How often a running thread's CPU (stat) is sampled: its stat is read
   /// after every Nth interval in which it ran, N = this / interval (at least
-  /// 1). stat costs 5x a schedstat read to generate; this keeps 1 ms sampling
-  /// cheap and 10 ms sampling (run --latency-log) reading it every time.
-  std::chrono::nanoseconds cpu_sample_interval = 10ms;
+  /// 1): 20 samples per second of running. stat costs 5x a schedstat read
+  /// to generate; reading it every tick would double the sampler's cost.
+  std::chrono::nanoseconds cpu_sample_interval = 50ms;
   std::chrono::nanoseconds host_scan_interval = 1s;  ///< 0: no host scan
   size_t host_scan_max_tasks = 4096;                 ///< stat files read per host scan, at most
   ReadMethod reader = ReadMethod::kUring;
