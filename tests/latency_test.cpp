@@ -929,6 +929,10 @@ TEST(LatencyCli, SamplesAVmByNameAsJsonCsvAndPlot) {
   nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["pid"], w.pid());
   EXPECT_EQ(j["vm"], "gamevm");
+  // The sampler's own account: 4 threads, schedstat each every tick.
+  EXPECT_GE(j["reads_per_tick"].get<double>(), 4.0) << j.dump();
+  EXPECT_EQ(j["cpu_sample_interval_us"], 50000.0);
+  EXPECT_TRUE(j["short_reads"].is_number_unsigned() && j["rereads"].is_number_unsigned());
   std::map<std::string, nlohmann::json> by_role;
   for (const auto& t : j["threads"]) {
     for (const char* key : {"tid", "name", "role", "allowed_cpus", "runqueue_delay_us", "cpu_share",

@@ -110,6 +110,10 @@ nlohmann::json to_json(const Report& r) {
       {"untracked_threads", r.untracked_threads},
       {"process_exited", r.process_exited},
       {"sampler_cpu_share", round_to(r.sampler_cpu_share, 0.0001)},
+      {"cpu_sample_interval_us", r.cpu_sample_interval_ns / 1000.0},
+      {"reads_per_tick", round_to(r.reads_per_tick, 0.01)},
+      {"short_reads", r.short_reads},
+      {"rereads", r.rereads},
       {"threads", threads},
   };
   if (!r.vm.empty()) j["vm"] = r.vm;

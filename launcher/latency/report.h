@@ -53,6 +53,10 @@ struct Report {
   uint64_t untracked_threads = 0;  ///< most threads left unsampled at once (over max_threads)
   bool process_exited = false;
   double sampler_cpu_share = 0;  ///< CPU of the whole sampling process (incl. io-wq workers)
+  double reads_per_tick = 0;     ///< procfs reads per tick
+  uint64_t cpu_sample_interval_ns = 0;
+  uint64_t short_reads = 0;  ///< io_uring reads that came short: finished on io-wq
+  uint64_t rereads = 0;      ///< reads cut by a file that grew, read again whole
   std::vector<ThreadReport> threads;
 };
 

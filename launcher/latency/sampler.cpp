@@ -921,6 +921,10 @@ struct Sampler::Impl {
     rep.untracked_threads = untracked;
     rep.process_exited = process_exited;
     rep.sampler_cpu_share = rep.duration_s > 0 ? (cpu_end - cpu_start) / rep.duration_s : 0;
+    rep.cpu_sample_interval_ns = static_cast<uint64_t>(opt.cpu_sample_interval.count());
+    if (rep.ticks > 0) rep.reads_per_tick = static_cast<double>(reads.load()) / rep.ticks;
+    rep.short_reads = short_reads.load();
+    rep.rereads = rereads.load();
     // Trim the series to the points that cover the run.
     size_t used = bucket_ns > 0 ? static_cast<size_t>((end_ts - start_ts) / bucket_ns) + 1 : 0;
     used = std::min(used, kPlotPoints);
