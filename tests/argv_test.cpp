@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
@@ -128,6 +129,30 @@ TEST(Argv, MissingTapFdIsAnError) {
   EXPECT_THROW(build_qemu_argv(p, f), Error);
 }
 
+TEST(Argv, PanicModelsAddTheirNotifierAndPauseOnPanic) {
+  const std::string base =
+      R"({"name": "t", "accel": "kvm", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1}})";
+  auto argv_of = [&](const std::string& extra) {
+    Profile p = parse_profile(base.substr(0, base.size() - 1) + extra + "}", "p.json",
+                              ProfileChecks{.files = false});
+    return join(build_qemu_argv(p, golden_facts(p)), " ");
+  };
+  std::string none = argv_of("");
+  EXPECT_EQ(none.find("pvpanic"), std::string::npos) << none;
+  EXPECT_EQ(none.find("-action"), std::string::npos) << none;
+  EXPECT_EQ(none.find("hv-crash"), std::string::npos) << none;
+
+  std::string isa = argv_of(R"(, "panic": {"model": "isa"})");
+  EXPECT_NE(isa.find(" -device pvpanic,events=1 -action panic=pause"), std::string::npos) << isa;
+  std::string pci = argv_of(R"(, "panic": {"model": "pci"})");
+  EXPECT_NE(pci.find(" -device pvpanic-pci,events=1 -action panic=pause"), std::string::npos)
+      << pci;
+  std::string hv = argv_of(R"(, "panic": {"model": "hyperv"})");
+  EXPECT_NE(hv.find(" -cpu host,hv-crash=on "), std::string::npos) << hv;
+  EXPECT_NE(hv.find(" -action panic=pause"), std::string::npos) << hv;
+  EXPECT_EQ(hv.find("pvpanic"), std::string::npos) << hv;
+}
+
 // QEMU itself must accept every option the builder emits: start it paused
 // with the argv (the QMP socket inherited as fd 3) and ask it over QMP.
 TEST(ArgvQemu, QemuAcceptsTheDemoArgv) {
@@ -176,6 +201,43 @@ TEST(ArgvQemu, QemuAcceptsARichProfile) {
   f.ovmf_vars = vars;
   test::Qemu qemu(build_qemu_argv(p, f));
   EXPECT_EQ(qemu.query_status(), "prelaunch");
+}
+
+// Each panic model as QEMU sees it: the pvpanic device in its device tree, or
+// hv-crash on the vCPU.
+TEST(ArgvQemu, QemuAcceptsEveryPanicModel) {
+  bool kvm = test::kvm_works();
+  for (const char* model : {"isa", "pci", "hyperv"}) {
+    test::TempDir dir;
+    Profile p = parse_profile(
+        R"({"name": "panic", "accel": "auto", "memory": {"size_mib": 64},
+            "cpu": {"model": ")" +
+            std::string(kvm ? "host" : "max") + R"(", "vcpus": 1, "features": [)" +
+            (kvm ? R"("-arch-capabilities")" : "") + R"(]}, "panic": {"model": ")" + model +
+            R"("}})",
+        dir.path("panic.json"));
+    HostFacts f = golden_facts(p);
+    f.accel = kvm ? Accel::kKvm : Accel::kTcg;
+    f.runtime_dir = dir.path();
+    test::Qemu qemu(build_qemu_argv(p, f));
+    EXPECT_EQ(qemu.query_status(), "prelaunch") << model;
+    std::string tree = qemu.qmp(
+        R"({"execute": "human-monitor-command", "arguments": {"command-line": "info qtree"}})");
+    if (std::string(model) == "isa") {
+      EXPECT_NE(tree.find("dev: pvpanic, id"), std::string::npos) << tree;
+      EXPECT_NE(tree.find("events = 1 (0x1)"), std::string::npos) << tree;
+    } else if (std::string(model) == "pci") {
+      EXPECT_NE(tree.find("dev: pvpanic-pci, id"), std::string::npos) << tree;
+      EXPECT_NE(tree.find("events = 1 (0x1)"), std::string::npos) << tree;
+    } else {
+      EXPECT_EQ(tree.find("pvpanic"), std::string::npos) << tree;
+      std::string cpus = qemu.qmp(R"({"execute": "query-cpus-fast"})");
+      auto path = nlohmann::json::parse(cpus)["return"][0]["qom-path"].get<std::string>();
+      EXPECT_EQ(qemu.qmp(R"({"execute": "qom-get", "arguments": {"path": ")" + path +
+                         R"(", "property": "hv-crash"}})"),
+                R"({"return":true})");
+    }
+  }
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "qemu_fixture.h"
@@ -42,7 +43,7 @@ constexpr std::string_view kReady = "passlaunch-guest: ready";
 std::unique_ptr<test::Qemu> boot(const std::string& variant,
                                  const std::vector<std::string>& extra_args = {}) {
   for (const auto& file : {test::guest_kernel(), test::guest_initrd("normal"),
-                           test::guest_initrd("ignore-powerdown")}) {
+                           test::guest_initrd("ignore-powerdown"), test::guest_initrd("panic")}) {
     if (!std::filesystem::exists(file)) {
       ADD_FAILURE() << file << " is missing: build the test_guest target";
       return nullptr;
@@ -97,6 +98,30 @@ TEST(TestGuestQemu, IgnorePowerdownVariantKeepsRunningUntilQuit) {
   auto status = vm->wait_exit(kShutdownTimeout);
   ASSERT_TRUE(status) << "QEMU still running after quit";
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << "wait status " << *status;
+}
+
+// The panic variant panics right after its ready line; its pvpanic driver tells
+// QEMU, which pauses the guest (the launcher's argv for the "pci" panic model;
+// run_test.cpp covers "isa" through `passlaunch run`).
+TEST(TestGuestQemu, PanicVariantReportsItsPanicThroughPvpanicPci) {
+  auto vm = boot("panic", {"-device", "pvpanic-pci,events=1", "-action", "panic=pause"});
+  ASSERT_TRUE(vm);
+  EXPECT_TRUE(has_line(*vm, "passlaunch-guest: variant panic")) << vm->transcript();
+  ASSERT_TRUE(vm->wait_for_line("passlaunch-guest: panicking", kShutdownTimeout))
+      << vm->transcript();
+  EXPECT_TRUE(std::any_of(
+      vm->lines().begin(), vm->lines().end(),
+      [](const std::string& l) { return l.rfind("passlaunch-guest: pvpanic 0000:", 0) == 0; }))
+      << "the PCI device is bound to pvpanic-pci\n"
+      << vm->transcript();
+  // The guest writes to the device just after that line: poll until QEMU has it.
+  std::string status;
+  for (auto deadline = Clock::now() + kShutdownTimeout;
+       (status = vm->query_status()) != "guest-panicked" && Clock::now() < deadline;) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(status, "guest-panicked") << vm->transcript();
+  EXPECT_TRUE(vm->alive()) << "panic=pause keeps QEMU for its supervisor to quit";
 }
 
 /// A UDP socket on 127.0.0.1 for QEMU's `-netdev socket,udp=`: each datagram is one

@@ -138,6 +138,50 @@ TEST(Profile, CrossSectionRules) {
       << e;
 }
 
+TEST(Profile, PanicNotifierIsOffUnlessAModelIsGiven) {
+  EXPECT_EQ(parse_profile(kMinimal, "p.json", ProfileChecks{.files = false}).panic,
+            PanicModel::kNone);
+  for (auto [name, model] : {std::pair{"isa", PanicModel::kIsa}, std::pair{"pci", PanicModel::kPci},
+                             std::pair{"hyperv", PanicModel::kHyperv}}) {
+    Profile p = parse_profile(with(std::string(R"("panic": {"model": ")") + name + R"("})"),
+                              "p.json", ProfileChecks{.files = false});
+    EXPECT_EQ(p.panic, model) << name;
+  }
+}
+
+TEST(Profile, BadPanicNotifierIsNamed) {
+  std::string e = error_of(with(R"("panic": {"model": "pvpanic"})"));
+  EXPECT_NE(e.find("p.json: /panic/model: expected one of \"isa\", \"pci\", \"hyperv\", got "
+                   "\"pvpanic\""),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("1 problem in"), std::string::npos) << e;
+  e = error_of(with(R"("panic": {})"));
+  EXPECT_NE(e.find("/panic/model: required key is missing"), std::string::npos) << e;
+  e = error_of(with(R"("panic": "isa")"));
+  EXPECT_NE(e.find("/panic: expected an object, got a string"), std::string::npos) << e;
+  e = error_of(with(R"("panic": {"model": "isa", "action": "pause"})"));
+  EXPECT_NE(e.find("/panic/action: unknown key"), std::string::npos) << e;
+}
+
+// The seed hides the hypervisor bit; Windows then never finds the Hyper-V
+// crash MSRs, and a BSOD would go unreported without a word.
+TEST(Profile, HypervPanicWithHiddenHypervisorBitIsAnError) {
+  std::string e = error_of(
+      R"({"name": "t", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1, "hypervisor_bit": false},
+          "panic": {"model": "hyperv"}})");
+  EXPECT_NE(e.find("p.json: /panic/model: \"hyperv\" reports through the Hyper-V crash MSRs, "
+                   "which a guest only uses when it sees a hypervisor, but /cpu/hypervisor_bit "
+                   "is false"),
+            std::string::npos)
+      << e;
+  EXPECT_EQ(error_of(R"({"name": "t", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1,
+          "hypervisor_bit": false}, "panic": {"model": "isa"}})"),
+            "");
+  e = error_of(with(R"("accel": "tcg", "panic": {"model": "hyperv"})"));
+  EXPECT_NE(e.find("/panic/model: \"hyperv\" needs accel \"kvm\""), std::string::npos) << e;
+}
+
 TEST(Profile, InvalidJsonIsOneClearError) {
   std::string e = error_of("{\"name\": \"t\",");
   EXPECT_NE(e.find("p.json: not valid JSON"), std::string::npos) << e;

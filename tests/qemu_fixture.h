@@ -36,7 +36,7 @@ bool kvm_works();
 
 /// The test guest built by scripts/make-test-guest into the build directory.
 std::string guest_kernel();
-std::string guest_initrd(const std::string& variant);  // "normal" | "ignore-powerdown"
+std::string guest_initrd(const std::string& variant);  // "normal" | "ignore-powerdown" | "panic"
 
 /// A small paused machine (-S, q35, 64 MiB, no devices): KVM with
 /// -cpu host,-arch-capabilities when it works, else TCG with -cpu max.

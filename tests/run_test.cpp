@@ -139,6 +139,25 @@ TEST_F(RunQemu, QemuKilledIsReportedAsCrash) {
   EXPECT_FALSE(fs::exists(runtime()));
 }
 
+// A guest that panics (the panic variant, with the ISA pvpanic device) ends
+// the run at once with exit 6: QEMU paused at the panic, quit by the launcher.
+TEST_F(RunQemu, GuestPanicEndsTheRunWithExitSix) {
+  Passlaunch run(
+      {"run", write_profile(guest_profile(name_, "panic", R"(, "panic": {"model": "isa"})"))},
+      dir_.path());
+  EXPECT_EQ(run.wait(90s), 6) << run.out().text();
+  const std::string& out = run.out().text();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(out, m, std::regex(R"(threads of QEMU \(pid (\d+)\))"))) << out;
+  pid_t qemu = std::stoi(m[1]);
+  EXPECT_NE(out.find("-device pvpanic,events=1 -action panic=pause"), std::string::npos) << out;
+  EXPECT_NE(out.find("passlaunch-guest: pvpanic QEMU0001:00"), std::string::npos) << out;
+  EXPECT_NE(out.find("event GUEST_PANICKED {\"action\":\"pause\"}"), std::string::npos) << out;
+  EXPECT_NE(out.find("the guest panicked; QEMU exited with status 0"), std::string::npos) << out;
+  EXPECT_FALSE(alive(qemu)) << "QEMU was quit and reaped";
+  EXPECT_FALSE(fs::exists(runtime())) << "runtime dir removed";
+}
+
 TEST_F(RunQemu, SecondRunOfSameNameIsRefused) {
   std::string profile = write_profile(guest_profile(name_, "normal"));
   Passlaunch run({"run", profile}, dir_.path());

@@ -32,6 +32,7 @@ std::string cpu_option(const Profile& p) {
       parts.push_back(flag);
     }
   }
+  if (p.panic == PanicModel::kHyperv) parts.push_back("hv-crash=on");
   if (!hv.vendor_id.empty()) parts.push_back("hv-vendor-id=" + qemu_escape(hv.vendor_id));
   if (hv.hide_kvm) parts.push_back("kvm=off");
   for (const std::string& f : p.cpu.features) parts.push_back(feature_property(f));
@@ -146,6 +147,22 @@ void add_inputs(const Profile& p, Argv& a) {
   }
 }
 
+/// The panic notifier. QEMU's default panic action shuts the VM down, and QEMU
+/// may then exit before the launcher has read GUEST_PANICKED; `pause` keeps it
+/// until the launcher, on that event, quits it (launcher.cpp), so the run
+/// always ends as a panic (exit 6).
+void add_panic(const Profile& p, Argv& a) {
+  if (p.panic == PanicModel::kNone) return;
+  // events=1 offers the guest only "panicked", never "crash loaded": virtio-win's
+  // Windows driver otherwise reports "crash loaded" whenever crash dumps are
+  // enabled (Windows' default), QEMU lets such a guest run on (write its dump,
+  // reboot), and the run would not end. Linux reports "panicked" unless a kdump
+  // kernel is loaded, and then handles the crash itself.
+  if (p.panic == PanicModel::kIsa) a.add({"-device", "pvpanic,events=1"});
+  if (p.panic == PanicModel::kPci) a.add({"-device", "pvpanic-pci,events=1"});
+  a.add({"-action", "panic=pause"});
+}
+
 }  // namespace
 
 std::vector<std::string> build_qemu_argv(const Profile& p, const HostFacts& f) {
@@ -201,6 +218,7 @@ std::vector<std::string> build_qemu_argv(const Profile& p, const HostFacts& f) {
   add_disks(p, a);
   add_network(p, f, a);
   add_inputs(p, a);
+  add_panic(p, a);
   if (!p.tpm_state_dir.empty()) {
     a.add({"-chardev", "socket,id=tpm0-sock,path=" + qemu_escape(f.runtime_dir + "/swtpm.sock")});
     a.add({"-tpmdev", "emulator,id=tpm0,chardev=tpm0-sock"});

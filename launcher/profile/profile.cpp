@@ -517,6 +517,17 @@ void cross_check(Profile& p, Problems& problems) {
   if (any_attached && p.accel == Accel::kTcg) {
     problems.add("/accel", "VFIO passthrough needs \"kvm\" (or \"auto\"), got \"tcg\"");
   }
+  if (p.panic == PanicModel::kHyperv && !p.cpu.hypervisor_bit) {
+    // An error, not a note: the panic report is the option's only purpose, and
+    // it would silently never come.
+    problems.add("/panic/model",
+                 "\"hyperv\" reports through the Hyper-V crash MSRs, which a guest only uses "
+                 "when it sees a hypervisor, but /cpu/hypervisor_bit is false; expected "
+                 "\"isa\" or \"pci\" (with the guest's pvpanic driver) or hypervisor_bit true");
+  }
+  if (p.panic == PanicModel::kHyperv && p.accel == Accel::kTcg) {
+    problems.add("/panic/model", "\"hyperv\" needs accel \"kvm\" (or \"auto\"), got \"tcg\"");
+  }
   if (p.hugepages && p.memory_mib % 2 != 0) {
     problems.add("/memory/size_mib", "hugepage-backed memory must be a multiple of 2 MiB");
   }
@@ -602,6 +613,16 @@ Profile parse_profile(std::string_view text, const std::string& file, const Prof
     std::string serial = "none";
     o.choice("serial", serial, {"none", "log"});
     p.serial_log = serial == "log";
+    if (const json* pn = o.raw("panic")) {
+      Obj panic(pn, o.path("panic"), problems);
+      std::string model;
+      panic.raw("model", /*required=*/true);
+      panic.choice("model", model, {"isa", "pci", "hyperv"});
+      p.panic = model == "isa"      ? PanicModel::kIsa
+                : model == "pci"    ? PanicModel::kPci
+                : model == "hyperv" ? PanicModel::kHyperv
+                                    : PanicModel::kNone;
+    }
     o.integer("shutdown_timeout_s", p.shutdown_timeout_s, 1, 3600);
     if (const json* h = o.raw("host")) {
       Obj host(h, o.path("host"), problems);

@@ -119,6 +119,14 @@ struct HostConfig {
   std::string release_hook;
 };
 
+/// How the guest tells the host it panicked (QEMU's GUEST_PANICKED event).
+enum class PanicModel {
+  kNone,    ///< no panic notifier (the default)
+  kIsa,     ///< -device pvpanic: ISA port 0x505 (Linux driver; Windows: virtio-win pvpanic)
+  kPci,     ///< -device pvpanic-pci (same drivers)
+  kHyperv,  ///< hv-crash in -cpu: the Hyper-V crash MSRs Windows writes on a bugcheck
+};
+
 struct Profile {
   std::string file;  ///< where it was read from, for messages
   std::string name;
@@ -138,6 +146,7 @@ struct Profile {
   std::string tpm_state_dir;  ///< swtpm state directory; empty: no TPM
   std::string rtc = "utc";    ///< utc | localtime (Windows)
   bool serial_log = false;    ///< the guest's serial console is logged by passlaunch
+  PanicModel panic = PanicModel::kNone;
   int shutdown_timeout_s = 120;
   HostConfig host;
 };

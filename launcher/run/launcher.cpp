@@ -480,6 +480,8 @@ class Supervisor {
       // quit from a control client (`ctl poweroff`) or a signal to QEMU.
       outcome_.forced = true;
     } else if (name == "GUEST_PANICKED") {
+      // The profile's panic notifier; QEMU has paused the guest (-action
+      // panic=pause, profile/argv.cpp) and stays until we quit it.
       outcome_.panicked = true;
       asio::co_spawn(io_, quit(), asio::detached);
     } else if (name == "RESET") {
