@@ -495,8 +495,19 @@ class Supervisor {
     ::waitpid(pid_, &status, 0);
     exited_ = true;
     status_ = status;
-    // QEMU is gone: no more control clients; nothing else on this loop matters.
+    // QEMU is gone: no more control clients.
     if (control_) control_->close();
+    // Its last events (SHUTDOWN, GUEST_PANICKED) may still be unread on the
+    // QMP socket when the exit is seen first: read the connection to its
+    // end (QEMU's exit closed it), at most a second. Then nothing else on
+    // this loop matters.
+    if (qmp_.state() != qmp::State::idle && qmp_.state() != qmp::State::closed) {
+      asio::steady_timer limit(io_, std::chrono::seconds(1));
+      limit.async_wait([this](const boost::system::error_code& ec) {
+        if (!ec) io_.stop();
+      });
+      co_await qmp_.wait_closed();
+    }
     io_.stop();
   }
 
