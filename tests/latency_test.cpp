@@ -637,6 +637,7 @@ TEST(LatencySampler, ThreadMovedToAnotherCpuIsReportedOutsideItsAllowedSet) {
       {{Workload::Kind::kBlink, from, 0, "CPU 1/KVM"}, {Workload::Kind::kSleep, from, 0, ""}});
   SamplerOptions o = options_for(w.pid());
   o.rescan_interval = 20ms;
+  o.cpu_sample_interval = o.interval;  // every interval it ran: this test is about where
   BackgroundSampler bg(o);
   wait_for([&] { return bg.ticks() >= 50; }, "50 ticks");
   cpu_set_t set;
