@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <atomic>
+#include <charconv>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -17,6 +18,7 @@
 #include "latency/report.h"
 #include "latency/role.h"
 #include "latency/sampler.h"
+#include "run/facts.h"
 
 namespace pl::cli {
 
@@ -75,6 +77,31 @@ void sample_until_done(latency::Sampler& sampler) {
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
+/// QEMU's pid for a VM started by `passlaunch run NAME`: its runtime dir's
+/// qemu.pid. Throws kUsage for a bad name, kEnvironment if the VM is not running.
+int find_vm_pid(const std::string& name) {
+  if (name.empty() || name == "." || name == ".." || name.find_first_of("/\n") != std::string::npos)
+    throw Error(Exit::kUsage, "latency: bad VM name '" + name + "'",
+                "a VM name is the profile's name, without '/'");
+  std::string pid_file = runtime_dir_for(name) + "/qemu.pid";
+  std::ifstream in(pid_file);
+  if (!in)
+    throw Error(Exit::kEnvironment,
+                "latency: VM '" + name + "' is not running (no " + pid_file + ")",
+                "start it with `passlaunch run`, or give --pid PID");
+  std::string text;
+  std::getline(in, text);
+  int pid = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), pid);
+  if (ec != std::errc{} || p != text.data() + text.size() || pid <= 0)
+    throw Error(Exit::kEnvironment,
+                "latency: " + pid_file + ": expected a decimal pid, got '" + text + "'");
+  if (kill(pid, 0) != 0 && errno == ESRCH)
+    throw Error(Exit::kEnvironment, "latency: VM '" + name + "' is not running (pid " + text +
+                                        " from " + pid_file + " does not exist)");
+  return pid;
+}
+
 /// VM `name`'s thread roles from its control socket (QMP query-cpus-fast and
 /// query-iothreads), which knows every iothread (one with an id over 12 bytes
 /// keeps QEMU's process name, as QEMU cannot name it). Without a control
@@ -117,7 +144,7 @@ int run_latency(const LatencyArgs& a) {
     if (!probe) throw system_error(Exit::kUsage, "latency: cannot write --plot", a.plot, errno);
   }
   if (!a.name.empty()) {
-    o.pid = latency::find_vm_pid(a.name);
+    o.pid = find_vm_pid(a.name);
     o.vm = a.name;
     o.roles = vm_roles(a.name);
   } else {

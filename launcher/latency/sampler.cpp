@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <sched.h>
-#include <signal.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -1080,34 +1079,6 @@ void write_json_report(const Report& report, const std::string& path) {
   if (!out) throw system_error(Exit::kFailed, "latency: cannot write report", path, errno);
   out << to_json(report).dump(2) << "\n";
   if (!out.flush()) throw system_error(Exit::kFailed, "latency: cannot write report", path, errno);
-}
-
-int find_vm_pid(const std::string& name) {
-  if (name.empty() || name == "." || name == ".." || name.find_first_of("/\n") != std::string::npos)
-    throw Error(Exit::kUsage, "latency: bad VM name '" + name + "'",
-                "a VM name is the profile's name, without '/'");
-  std::string dir;
-  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg)
-    dir = std::string(xdg) + "/passlaunch/" + name;
-  else
-    dir = "/run/passlaunch/" + name;
-  std::string pid_file = dir + "/qemu.pid";
-  std::ifstream in(pid_file);
-  if (!in)
-    throw Error(Exit::kEnvironment,
-                "latency: VM '" + name + "' is not running (no " + pid_file + ")",
-                "start it with `passlaunch run`, or give --pid PID");
-  std::string text;
-  std::getline(in, text);
-  int pid = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), pid);
-  if (ec != std::errc{} || p != text.data() + text.size() || pid <= 0)
-    throw Error(Exit::kEnvironment,
-                "latency: " + pid_file + ": expected a decimal pid, got '" + text + "'");
-  if (kill(pid, 0) != 0 && errno == ESRCH)
-    throw Error(Exit::kEnvironment, "latency: VM '" + name + "' is not running (pid " + text +
-                                        " from " + pid_file + " does not exist)");
-  return pid;
 }
 
 }  // namespace pl::latency

@@ -110,9 +110,4 @@ class BackgroundSampler {
 /// Writes to_json(report) to `path`, pretty-printed; throws pl::Error(kFailed).
 void write_json_report(const Report& report, const std::string& path);
 
-/// QEMU's pid for a VM started by `passlaunch run NAME`: read from
-/// $XDG_RUNTIME_DIR/passlaunch/NAME/qemu.pid, else /run/passlaunch/NAME/qemu.pid.
-/// Throws kUsage for a bad name, kEnvironment if the VM is not running.
-int find_vm_pid(const std::string& name);
-
 }  // namespace pl::latency
