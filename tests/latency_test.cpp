@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -38,6 +39,7 @@
 #include "latency/role.h"
 #include "latency/sampler.h"
 #include "qemu_fixture.h"
+#include "run/pinning.h"
 
 namespace pl::latency {
 namespace {
@@ -987,17 +989,7 @@ TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
   close(out[1]);
   // SIGINT is taken by a waiter thread, started before sampling begins:
   // once a second thread exists, the interrupt stops the sampler.
-  std::string task = "/proc/" + std::to_string(cli) + "/task";
-  wait_for(
-      [&] {
-        size_t n = 0;
-        std::error_code ec;
-        for (auto it = fs::directory_iterator(task, ec); !ec && it != fs::directory_iterator{};
-             ++it)
-          ++n;
-        return n >= 2;
-      },
-      "the sampler to start");
+  wait_for([&] { return list_threads(cli).size() >= 2; }, "the sampler to start");
   kill(cli, SIGINT);
   std::string text;
   char buf[4096];
@@ -1021,19 +1013,11 @@ TEST(LatencyCli, QemuThreadsGetTheirRolesByVmName) {
       {"-name", "lat,debug-threads=on", "-smp", "2", "-object", "iothread,id=iothread0"}));
   pid_t pid = qemu.pid();
   // QEMU names its vCPU threads once the machine is built.
-  std::string task = "/proc/" + std::to_string(pid) + "/task";
   wait_for(
       [&] {
-        int vcpus = 0;
-        std::error_code ec;
-        for (auto it = fs::directory_iterator(task, ec); !ec && it != fs::directory_iterator{};
-             ++it) {
-          std::ifstream comm(it->path() / "comm");
-          std::string name;
-          std::getline(comm, name);
-          vcpus += name.rfind("CPU ", 0) == 0;
-        }
-        return vcpus == 2;
+        std::vector<ThreadInfo> threads = list_threads(pid);
+        return std::count_if(threads.begin(), threads.end(),
+                             [](const ThreadInfo& t) { return t.name.rfind("CPU ", 0) == 0; }) == 2;
       },
       "QEMU's vCPU threads");
   std::string runtime = testing::TempDir() + "/latency_rt_qemu";
