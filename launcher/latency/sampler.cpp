@@ -20,7 +20,6 @@
 #include <fstream>
 #include <map>
 #include <mutex>
-#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -440,16 +439,20 @@ struct Sampler::Impl {
     sl.seen = true;
     sl.tid = tid;
     sl.record = static_cast<int>(records.size() - 1);
-    // Read each file once, whole, to learn how much to ask for.
+    // Read each file once, whole, to learn how much to ask for (0: not
+    // learnt, the next read asks for the whole buffer).
     for (int k = 0; k < 3; ++k) {
+      sl.want[k] = 0;
       ssize_t got = pread(sl.fd[k], buf(s, k), kBufSize[k], 0);
-      std::string_view text(buf(s, k), static_cast<size_t>(std::max<ssize_t>(got, 0)));
-      std::optional<TaskStat> st;
-      if (k == kStat && (st = parse_task_stat(text))) {
+      if (got <= 0) continue;
+      std::string_view text(buf(s, k), static_cast<size_t>(got));
+      if (k != kStat) {
+        sl.want[k] = want_after(k, text, nullptr);
+      } else if (auto st = parse_task_stat(text)) {
         r.start_ticks = st->start_ticks;
         r.last_cpu = st->processor;
+        sl.want[k] = want_after(k, text, &*st);
       }
-      sl.want[k] = got > 0 && (k != kStat || st) ? want_after(k, text, st ? &*st : nullptr) : 0;
     }
     r.stat_due = r.last_cpu < 0;  // else known: the first CPU sample waits its turn
     if (ring_ready) {
@@ -669,9 +672,10 @@ struct Sampler::Impl {
     return static_cast<uint16_t>(std::clamp<size_t>(n, 1, kBufSize[kind]));
   }
 
-  // One read's text, whole enough for its parser. A read that filled what it
-  // asked for may have been cut (the file grew): if its parser says so, it is
-  // read again whole, synchronously. Empty when the read failed.
+  // One completed read's text. `whole` is set when the read came short, so
+  // the text is the whole file; a read that filled what it asked for may
+  // have been cut (the file grew): its parser tells, and the caller reads it
+  // again whole (reread).
   std::string_view text_of(const Entry& e, bool& whole) {
     char* b = buf(e.slot, e.kind);
     whole = e.res < e.asked;  // short: the kernel gave the whole file
