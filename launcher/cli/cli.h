@@ -18,4 +18,9 @@ void add_ctl_commands(CLI::App& app, Action& action);      // list, ctl
 void add_latency_commands(CLI::App& app, Action& action);  // latency
 void add_host_commands(CLI::App& app, Action& action);     // iommu, vfio-conf, check, recover
 
+/// Every subcommand above, in --help order, and the hidden __complete (which
+/// completes from all of them). main() and the man page and completion tests
+/// use this one list.
+void add_all_commands(CLI::App& app, Action& action);
+
 }  // namespace pl::cli

@@ -1,22 +1,23 @@
 // passlaunch: run a QEMU VM with single-GPU VFIO passthrough, without libvirt.
 // main() only wires the subcommands and turns errors into exit codes.
 #include <iostream>
+#include <string>
 
 #include "cli/cli.h"
 #include "core/error.h"
+#include "version.h"  // generated: launcher/cli/version.cmake
 
 int main(int argc, char** argv) {
   CLI::App app{"passlaunch: run a QEMU VM with single-GPU VFIO passthrough, without libvirt"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "passlaunch 0.1");
+  // The version, and from a git checkout what `git describe` said at build time.
+  app.set_version_flag(
+      "--version",
+      std::string("passlaunch ") + PASSLAUNCH_VERSION +
+          (*PASSLAUNCH_GIT_DESCRIBE ? std::string(" (git ") + PASSLAUNCH_GIT_DESCRIBE + ")" : ""));
 
   pl::cli::Action action;
-  pl::cli::add_run_commands(app, action);
-  pl::cli::add_rom_commands(app, action);
-  pl::cli::add_qmp_command(app, action);
-  pl::cli::add_ctl_commands(app, action);
-  pl::cli::add_latency_commands(app, action);
-  pl::cli::add_host_commands(app, action);
+  pl::cli::add_all_commands(app, action);
 
   try {
     app.parse(argc, argv);

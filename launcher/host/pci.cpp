@@ -165,12 +165,22 @@ std::optional<std::string> PciNames::klass(uint32_t class_code) {
 
 std::string describe_pci_device(const PciDevice& d, PciNames& names) {
   std::string s = d.address.substr(0, 5) == "0000:" ? d.address.substr(5) : d.address;
-  s += " " + names.klass(d.class_code).value_or("Class") + " [" + hex(d.class_code >> 8, 4) + "]: ";
+  // Appended piece by piece: GCC 12 at -O3 takes `" " + std::string&&` for an
+  // overlapping copy (-Wrestrict, a false positive).
+  s += ' ';
+  s += names.klass(d.class_code).value_or("Class");
+  s += " [";
+  s += hex(d.class_code >> 8, 4);
+  s += "]: ";
   auto vendor = names.vendor(d.vendor);
   auto device = names.device(d.vendor, d.device);
   if (vendor) s += *vendor + " ";
   s += device.value_or("Device") + " [" + d.id() + "]";
-  if (d.revision && *d.revision) s += " (rev " + hex(*d.revision, 2) + ")";
+  if (d.revision && *d.revision) {
+    s += " (rev ";
+    s += hex(*d.revision, 2);
+    s += ')';
+  }
   return s;
 }
 

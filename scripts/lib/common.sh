@@ -29,7 +29,8 @@ pl_install_deps() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# pl_build [CMAKE-ARGS...]: configure (cheap when nothing changed) and build.
 pl_build() {
-  cmake -S "$PL_ROOT" -B "$PL_BUILD" -G Ninja >/dev/null
+  cmake -S "$PL_ROOT" -B "$PL_BUILD" -G Ninja "$@" >/dev/null
   cmake --build "$PL_BUILD"
 }

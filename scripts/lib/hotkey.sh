@@ -1,7 +1,10 @@
 # Shared by scripts/start, stop and toggle: find passlaunch and a VM's
 # profile, and log to the journal (or syslog, or a file when neither runs).
 
-PASSLAUNCH=${PASSLAUNCH:-$(command -v passlaunch || echo "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/launcher/passlaunch")}
+# The installed copy names the installed binary here (scripts/CMakeLists.txt);
+# from the tree: PATH, else the build dir.
+PL_INSTALLED_PASSLAUNCH=
+PASSLAUNCH=${PASSLAUNCH:-${PL_INSTALLED_PASSLAUNCH:-$(command -v passlaunch || echo "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/launcher/passlaunch")}}
 PROFILE_DIR=${PASSLAUNCH_PROFILES:-/etc/passlaunch}
 
 # pl_profile NAME|PATH -> the profile file
