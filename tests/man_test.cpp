@@ -4,6 +4,8 @@
 // subcommand and option of the CLI; completion offers the CLI's own words.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -31,7 +33,7 @@ std::string upper(std::string s) {
 // roff text back to plain text: fonts, escapes, the no-op \&.
 std::string unroff(std::string s) {
   for (const char* f : {"\\fB", "\\fI", "\\fR", "\\&"}) {
-    for (auto p = s.find(f); p != std::string::npos; p = s.find(f)) s.erase(p, 2);
+    for (auto p = s.find(f); p != std::string::npos; p = s.find(f)) s.erase(p, std::strlen(f));
   }
   s = std::regex_replace(s, std::regex(R"(\\-)"), "-");
   s = std::regex_replace(s, std::regex(R"(\\e)"), "\\");
