@@ -77,7 +77,7 @@ std::set<std::string> man_fields(const std::string& roff) {
   std::string line, section;
   std::smatch m;
   while (std::getline(in, line)) {
-    if (std::regex_match(line, m, std::regex(R"(\.SH "?([^"]*)"?)"))) {
+    if (std::regex_match(line, m, std::regex(R"re(\.SH "?([^"]*)"?)re"))) {
       section = unroff(m[1].str());
   }
   else if (line == ".TP" && std::getline(in, line)) {

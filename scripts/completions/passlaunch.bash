@@ -8,8 +8,8 @@ _passlaunch() {
   COMPREPLY=()
   for line in "${lines[@]}"; do
     case $line in
-      :files) compopt -o filenames 2>/dev/null; mapfile -t -O "${#COMPREPLY[@]}" COMPREPLY < <(compgen -f -- "$cur") ;;
-      :dirs) compopt -o filenames 2>/dev/null; mapfile -t -O "${#COMPREPLY[@]}" COMPREPLY < <(compgen -d -- "$cur") ;;
+      :files) { compopt -o filenames 2>/dev/null || true; }; mapfile -t -O "${#COMPREPLY[@]}" COMPREPLY < <(compgen -f -- "$cur") ;;
+      :dirs) { compopt -o filenames 2>/dev/null || true; }; mapfile -t -O "${#COMPREPLY[@]}" COMPREPLY < <(compgen -d -- "$cur") ;;
       *) COMPREPLY+=("$line") ;;
     esac
   done

@@ -3,7 +3,7 @@
 # built binary as bash calls it: COMP_WORDS/COMP_CWORD in, COMPREPLY out.
 # Usage: bash_completion.sh PASSLAUNCH_BINARY
 set -euo pipefail
-bin=$1
+bin=$(realpath "$1")
 src=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=/dev/null
 source "$src/scripts/completions/passlaunch.bash"
