@@ -118,14 +118,35 @@ TEST(HostCli, CheckPassesViableGroupsAndFailsPartialOne) {
   auto bad = passlaunch("check --host-root " + h.root() + " --device 01:00.0 --device 09:00.0");
   EXPECT_EQ(bad.status, 3) << bad.text;
   EXPECT_NE(
-      bad.text.find(
-          "FAIL  IOMMU group 14 not viable: 0000:01:00.1, 0000:01:00.2, 0000:01:00.3 not passed "
-          "through\n      fix: add them"),
+      bad.text.find("FAIL  IOMMU group 14 not viable: 0000:01:00.1 is bound to snd_hda_intel and "
+                    "not passed through\n      fix: add it to the profile's devices"),
       std::string::npos)
       << bad.text;
   EXPECT_NE(bad.text.find("FAIL  device 0000:09:00.0 is not present\n      fix: "),
             std::string::npos)
       << bad.text;
+}
+
+TEST(HostCli, CheckReportsMountedStorageOpenSoundAndNonViableGroupsBeforeTouchingAnything) {
+  sim::SimHost h;
+  h.put_file(
+      "/proc/self/mountinfo",
+      "22 1 8:2 / / rw - ext4 /dev/sda2 rw\n41 22 259:2 / /data rw - ext4 /dev/nvme0n1p2 rw\n");
+  h.add_process(2000, "pipewire", "/dev/snd/controlC1");
+  h.set_driver("0000:00:1d.0", "shpchp");
+  const auto before = h.snapshot();
+  auto out = passlaunch("check --host-root " + h.root() +
+                        " --device 01:00.0 --device 01:00.1 --device 01:00.2 --device 01:00.3"
+                        " --device 03:00.0");
+  EXPECT_EQ(out.status, 3) << out.text;
+  for (const char* line :
+       {"FAIL  device 0000:03:00.0 holds storage the host is using: nvme0n1p2 is mounted on /data",
+        "warn  processes holding the sound devices of 0000:01:00.1: 2000 (pipewire)",
+        "FAIL  IOMMU group 16 not viable: 0000:00:1d.0 is bound to shpchp, which does not leave "
+        "DMA to the group's user"}) {
+    EXPECT_NE(out.text.find(line), std::string::npos) << line << "\n" << out.text;
+  }
+  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
 }
 
 TEST(HostCli, CheckAndVfioConfTakeDevicesFromProfile) {

@@ -6,9 +6,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <thread>
 
+#include "core/cpulist.h"
 #include "core/error.h"
 
 namespace pl::host::sim {
@@ -104,6 +106,20 @@ class Kernel {
     return false;
   }
 
+  /// A driver's probe of `addr` stuck (a GPU the guest left unreset): the
+  /// bind blocks, inside the drivers_probe write or the module load, while
+  /// /.sim/state/hang_probe names the device.
+  void probe_wait(const std::string& addr) const {
+    while (read("/.sim/state/hang_probe") == addr)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+
+  /// A driver's probe: waits while it is stuck, then binds.
+  void probe_bind(const std::string& addr, const std::string& drv) const {
+    probe_wait(addr);
+    bind(addr, drv);
+  }
+
   void bind(const std::string& addr, const std::string& drv) const {
     const std::string dir = dev_dir(addr);
     link(dir + "/driver", "/sys/bus/pci/drivers/" + drv);
@@ -123,13 +139,13 @@ class Kernel {
     if (!pci_driver(addr).empty()) return;
     const std::string ov = pci_override(addr);
     if (!ov.empty()) {
-      if (driver_loaded(ov)) bind(addr, ov);
+      if (driver_loaded(ov)) probe_bind(addr, ov);
       return;
     }
-    if (driver_loaded("vfio-pci") && matches("vfio-pci", addr)) return bind(addr, "vfio-pci");
+    if (driver_loaded("vfio-pci") && matches("vfio-pci", addr)) return probe_bind(addr, "vfio-pci");
     for (const auto& d : cfg_["drivers"]) {
       const std::string drv = d["name"];
-      if (driver_loaded(drv) && matches(drv, addr)) return bind(addr, drv);
+      if (driver_loaded(drv) && matches(drv, addr)) return probe_bind(addr, drv);
     }
   }
 
@@ -139,7 +155,7 @@ class Kernel {
       const std::string addr = e.path().filename().string();
       if (!pci_driver(addr).empty()) continue;
       const std::string ov = pci_override(addr);
-      if (ov == drv || (ov.empty() && matches(drv, addr))) bind(addr, drv);
+      if (ov == drv || (ov.empty() && matches(drv, addr))) probe_bind(addr, drv);
     }
   }
 
@@ -157,6 +173,38 @@ class Kernel {
     fsys::remove_all(real(dir));
   }
 
+  /// /dev nodes of a bound PCI device that a process holds open and that its
+  /// driver's remove() waits for: its sound cards' nodes, its DRM nodes,
+  /// /dev/vfio/GROUP while on vfio-pci.
+  std::vector<std::string> open_nodes(const std::string& addr, const std::string& drv) const {
+    std::set<std::string> nodes;
+    const std::string dir = dev_dir(addr);
+    if (dir.empty()) return {};
+    for (const char* sub : {"/sound", "/drm"}) {
+      // The nodes exist while the device's own driver drives it, not on vfio-pci.
+      if (drv == "vfio-pci" || !fsys::is_directory(real(dir + sub))) continue;
+      for (const auto& card : fsys::directory_iterator(real(dir + sub))) {
+        const std::string name = card.path().filename().string();
+        nodes.insert((sub == std::string("/drm") ? "/dev/dri/" : "/dev/snd/") + name);
+        if (sub == std::string("/sound") && fsys::is_directory(card.path())) {
+          for (const auto& n : fsys::directory_iterator(card.path()))
+            nodes.insert("/dev/snd/" + n.path().filename().string());
+        }
+      }
+    }
+    if (drv == "vfio-pci") nodes.insert("/dev/vfio/" + readlink_base(dir + "/iommu_group"));
+    std::vector<std::string> held;
+    std::error_code ec;
+    for (const auto& p : fsys::directory_iterator(real("/proc"), ec)) {
+      if (!fsys::is_directory(p.path() / "fd")) continue;
+      for (const auto& fd : fsys::directory_iterator(p.path() / "fd", ec)) {
+        auto t = fsys::read_symlink(fd.path(), ec);
+        if (!ec && nodes.count(t.string())) held.push_back(t.string());
+      }
+    }
+    return held;
+  }
+
   // ---- modules ----
   bool module_loaded(const std::string& m) const { return exists("/sys/module/" + m); }
   int refcnt(const std::string& m) const { return std::stoi(read("/sys/module/" + m + "/refcnt")); }
@@ -164,28 +212,51 @@ class Kernel {
     put("/sys/module/" + m + "/refcnt", std::to_string(refcnt(m) + n) + "\n");
   }
 
+  /// The module's hard dependencies (iommufd for vfio from 6.2 on).
+  std::vector<std::string> mod_deps(const std::string& m) const {
+    std::vector<std::string> d = cfg_["modules"][m]["deps"];
+    if (m == "vfio" && kernel_at_least(6, 2)) d.push_back("iommufd");
+    return d;
+  }
+  std::vector<std::string> softdeps_post(const std::string& m) const {
+    return cfg_["modules"][m].value("softdep_post", std::vector<std::string>{});
+  }
+  bool kernel_at_least(int major, int minor) const {
+    int a = 0, b = 0;
+    std::sscanf(read("/proc/sys/kernel/osrelease").c_str(), "%d.%d", &a, &b);
+    return a > major || (a == major && b >= minor);
+  }
+
+  /// modprobe: dependencies first, then the module, then its "post:" soft
+  /// dependencies (those not installed are skipped, as libkmod does).
   int insert(const std::string& m) const {
     if (!cfg_["modules"].contains(m)) return ENOENT;
     if (module_loaded(m)) return 0;
-    for (const std::string dep : cfg_["modules"][m]["deps"]) {
+    for (const std::string& dep : mod_deps(m)) {
       if (int err = insert(dep)) return err;
     }
     put("/sys/module/" + m + "/initstate", "live\n");
     put("/sys/module/" + m + "/refcnt", "0\n");
     fsys::create_directories(real("/sys/module/" + m + "/holders"));
-    for (const std::string dep : cfg_["modules"][m]["deps"]) {
+    for (const std::string& dep : mod_deps(m)) {
       link("/sys/module/" + dep + "/holders/" + m, "/sys/module/" + m);
       add_ref(dep, 1);
     }
     for (const std::string drv : cfg_["modules"][m]["drivers"]) register_driver(drv);
+    for (const std::string& post : softdeps_post(m)) {
+      if (cfg_["modules"].contains(post)) insert(post);
+    }
     return 0;
   }
 
+  /// delete_module(name, O_NONBLOCK): EWOULDBLOCK (== EAGAIN) while another
+  /// module holds it (source_list) or its refcount is not zero
+  /// (try_stop_module), kernel/module/main.c.
   int remove(const std::string& m) const {
     if (!module_loaded(m)) return ENOENT;
-    if (!fsys::is_empty(real("/sys/module/" + m + "/holders")) || refcnt(m) > 0) return EBUSY;
+    if (!fsys::is_empty(real("/sys/module/" + m + "/holders")) || refcnt(m) > 0) return EAGAIN;
     for (const std::string drv : cfg_["modules"][m]["drivers"]) unregister_driver(drv);
-    for (const std::string dep : cfg_["modules"][m]["deps"]) {
+    for (const std::string& dep : mod_deps(m)) {
       unlink("/sys/module/" + dep + "/holders/" + m);
       add_ref(dep, -1);
     }
@@ -193,41 +264,128 @@ class Kernel {
     return 0;
   }
 
-  void deps(const std::string& m, std::vector<std::string>& out) const {
-    if (!cfg_["modules"].contains(m)) return;
-    for (const std::string dep : cfg_["modules"][m]["deps"]) {
-      deps(dep, out);
-      if (std::find(out.begin(), out.end(), dep) == out.end()) out.push_back(dep);
+  /// What insert(m) loads, in order, m included (libkmod's probe list).
+  void load_order(const std::string& m, std::vector<std::string>& out) const {
+    if (!cfg_["modules"].contains(m) || std::find(out.begin(), out.end(), m) != out.end()) return;
+    for (const std::string& dep : mod_deps(m)) load_order(dep, out);
+    if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+    for (const std::string& post : softdeps_post(m)) load_order(post, out);
+  }
+
+  // ---- cgroups ----
+  /// Every process the simulation does not place elsewhere (the test itself)
+  /// lives in the login session's scope.
+  static constexpr const char* kLoginScope = "session-1.scope";
+  /// The process's cgroup path below the root: "user.slice/session-1.scope".
+  std::string cgroup_of(pid_t pid) const {
+    std::string p = read("/.sim/state/cgroups/" + std::to_string(pid));
+    return p.empty() ? std::string("user.slice/") + kLoginScope : p;
+  }
+  std::vector<pid_t> scope_members(const std::string& scope) const {
+    std::vector<pid_t> out;
+    if (!exists("/.sim/state/cgroups")) return out;
+    for (const auto& e : fsys::directory_iterator(real("/.sim/state/cgroups"))) {
+      std::string p = read("/.sim/state/cgroups/" + e.path().filename().string());
+      if (p.substr(p.rfind('/') + 1) == scope) out.push_back(std::stoi(e.path().filename()));
     }
+    return out;
+  }
+  /// cpuset.cpus.effective: each level's AllowedCPUs narrows its parent's
+  /// (Documentation/admin-guide/cgroup-v2.rst, "Cpuset Interface Files").
+  std::vector<int> effective_cpus(pid_t pid) const {
+    std::vector<int> cpus = *parse_cpulist(read("/sys/devices/system/cpu/online"));
+    std::string path = cgroup_of(pid);
+    for (size_t at = 0;;) {
+      size_t slash = path.find('/', at);
+      const std::string unit = path.substr(at, slash == std::string::npos ? slash : slash - at);
+      const std::string allowed = read(unit_file(unit, "AllowedCPUs"));
+      if (!allowed.empty()) {
+        std::vector<int> mask = *parse_cpulist(allowed), both;
+        for (int c : cpus)
+          if (std::find(mask.begin(), mask.end(), c) != mask.end()) both.push_back(c);
+        cpus = both;
+      }
+      if (slash == std::string::npos) break;
+      at = slash + 1;
+    }
+    return cpus;
+  }
+
+  // ---- time ----
+  /// Simulated milliseconds since boot: time passes only when someone waits
+  /// (FakeClock::sleep_for), and then the host moves on (advance()).
+  long now_ms() const {
+    std::string t = read("/.sim/clock");
+    return t.empty() ? 0 : std::stol(t);
+  }
+  void advance(long ms) const {
+    const long now = now_ms() + ms;
+    put("/.sim/clock", std::to_string(now) + "\n");
+    for (const auto& [u, unit] : cfg_["units"].items()) {
+      if (unit_state(u) == "deactivating" && std::stol(read(unit_file(u, "stop_at"))) <= now)
+        finish_stop(u);
+    }
+    if (!exists("/.sim/state/linger")) return;
+    for (const auto& e : fsys::directory_iterator(real("/.sim/state/linger"))) {
+      const std::string pid = e.path().filename().string();
+      if (std::stol(read("/.sim/state/linger/" + pid)) > now) continue;
+      fsys::remove_all(real("/proc/" + pid));
+      fsys::remove(e.path());
+    }
+    if (fsys::is_empty(real("/.sim/state/linger"))) fsys::remove(real("/.sim/state/linger"));
   }
 
   // ---- units ----
-  std::string unit_state(const std::string& u) const {
-    return read("/.sim/state/units/" + u + ".state");
+  std::string unit_file(const std::string& u, const std::string& what) const {
+    return "/.sim/state/units/" + u + "." + what;
   }
+  std::string unit_state(const std::string& u) const { return read(unit_file(u, "state")); }
   void start_unit(const std::string& u) const {
     if (unit_state(u) == "active") return;
+    if (unit_state(u) == "deactivating") finish_stop(u);
     const json& unit = cfg_["units"][u];
     for (const auto& p : unit.value("processes", json::array())) {
+      const std::string pid = std::to_string(p["pid"].get<int>());
+      // A session process that outlived the last stop is replaced.
+      fsys::remove_all(real("/proc/" + pid));
+      fsys::remove(real("/.sim/state/linger/" + pid));
       add_process(p["pid"], p["comm"], p["files"]);
     }
+    if (exists("/.sim/state/linger") && fsys::is_empty(real("/.sim/state/linger")))
+      fsys::remove(real("/.sim/state/linger"));
     const json refs = unit.value("module_refs", json::object());
     for (const auto& [m, n] : refs.items()) {
       if (module_loaded(m)) add_ref(m, n.get<int>());
     }
-    put("/.sim/state/units/" + u + ".state", "active\n");
+    put(unit_file(u, "state"), "active\n");
   }
+  /// systemd: a stop job takes the unit through "deactivating" (ExecStop,
+  /// SIGTERM, waiting for the main process) to "inactive"; `stop_ms` long.
   void stop_unit(const std::string& u) const {
     if (unit_state(u) != "active") return;
+    const long stop_ms = cfg_["units"][u].value("stop_ms", 0);
+    if (stop_ms == 0) return finish_stop(u);
+    put(unit_file(u, "state"), "deactivating\n");
+    put(unit_file(u, "stop_at"), std::to_string(now_ms() + stop_ms) + "\n");
+  }
+  /// The unit's processes exit, except session processes with `linger_ms`,
+  /// which outlive it by that long (a compositor still tearing down).
+  void finish_stop(const std::string& u) const {
     const json& unit = cfg_["units"][u];
     for (const auto& p : unit.value("processes", json::array())) {
-      fsys::remove_all(real("/proc/" + std::to_string(p["pid"].get<int>())));
+      const std::string pid = std::to_string(p["pid"].get<int>());
+      if (long linger = p.value("linger_ms", 0); linger > 0) {
+        put("/.sim/state/linger/" + pid, std::to_string(now_ms() + linger) + "\n");
+      } else {
+        fsys::remove_all(real("/proc/" + pid));
+      }
     }
     const json refs = unit.value("module_refs", json::object());
     for (const auto& [m, n] : refs.items()) {
       if (module_loaded(m)) add_ref(m, -n.get<int>());
     }
-    put("/.sim/state/units/" + u + ".state", "inactive\n");
+    unlink(unit_file(u, "stop_at"));
+    put(unit_file(u, "state"), "inactive\n");
   }
   void add_process(int pid, const std::string& comm, const std::vector<std::string>& files) const {
     const std::string dir = "/proc/" + std::to_string(pid);
@@ -280,7 +438,11 @@ class SimFs : public HostFs {
       if (file == "unbind") {
         if (!k.pci_exists(v) || k.pci_driver(v) != drv) return ENODEV;
         // A driver stuck in remove(): the write blocks until the test lets go.
-        while (k.exists("/.sim/state/hang_unbind"))
+        // And a driver's remove() waits for its users: snd_card_disconnect_sync
+        // until every /dev/snd handle of the card is closed (sound/core/init.c),
+        // vfio_unregister_group_dev until the group's fd is released
+        // (drivers/vfio/vfio_main.c), a DRM driver's remove for its open nodes.
+        while (k.exists("/.sim/state/hang_unbind") || !k.open_nodes(v, drv).empty())
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
         k.unbind(v);
         return 0;
@@ -356,9 +518,9 @@ class SimModules : public ModuleLoader {
   }
   int insert(const std::string& name) override { return Kernel(root_).insert(norm(name)); }
   int remove(const std::string& name) override { return Kernel(root_).remove(norm(name)); }
-  std::vector<std::string> dependencies(const std::string& name) override {
+  std::vector<std::string> load_order(const std::string& name) override {
     std::vector<std::string> out;
-    Kernel(root_).deps(norm(name), out);
+    Kernel(root_).load_order(norm(name), out);
     return out;
   }
 
@@ -372,8 +534,9 @@ class SimServices : public ServiceManager {
   bool exists(const std::string& unit) override {
     return Kernel(root_).cfg()["units"].contains(unit);
   }
-  bool is_active(const std::string& unit) override {
-    return Kernel(root_).unit_state(unit) == "active";
+  std::string active_state(const std::string& unit) override {
+    require(unit);
+    return Kernel(root_).unit_state(unit);
   }
   void stop(const std::string& unit) override {
     require(unit);
@@ -391,6 +554,38 @@ class SimServices : public ServiceManager {
     require(unit);
     Kernel(root_).put("/.sim/state/units/" + unit + ".AllowedCPUs", cpus + "\n");
   }
+  std::string unit_of(pid_t pid) override {
+    std::string path = Kernel(root_).cgroup_of(pid);
+    return path.substr(path.rfind('/') + 1);
+  }
+  void move_to_scope(const std::string& scope, const std::string& slice, pid_t pid) override {
+    require(slice);
+    Kernel k(root_);
+    if (k.unit_state(scope) == "active")
+      throw Error(Exit::kFailed, "Unit " + scope + " was already loaded or has a fragment file.");
+    k.put(k.unit_file(scope, "state"), "active\n");
+    k.put(k.unit_file(scope, "slice"), slice + "\n");
+    k.put("/.sim/state/cgroups/" + std::to_string(pid), slice + "/" + scope + "\n");
+  }
+  void leave_scope(const std::string& scope, pid_t pid, const std::string& unit) override {
+    Kernel k(root_);
+    const std::string here = k.cgroup_of(pid);
+    if (here.substr(here.rfind('/') + 1) == scope) {
+      const std::string file = "/.sim/state/cgroups/" + std::to_string(pid);
+      if (unit == Kernel::kLoginScope) {
+        k.unlink(file);
+      } else {
+        const std::string slice = k.read(k.unit_file(unit, "slice"));
+        k.put(file, (slice.empty() ? unit : slice + "/" + unit) + "\n");
+      }
+      if (fsys::is_empty(k.real("/.sim/state/cgroups"))) k.unlink("/.sim/state/cgroups");
+    }
+    // An empty scope is collected.
+    if (k.unit_state(scope) == "active" && k.scope_members(scope).empty()) {
+      k.unlink(k.unit_file(scope, "state"));
+      k.unlink(k.unit_file(scope, "slice"));
+    }
+  }
 
  private:
   void require(const std::string& unit) {
@@ -399,14 +594,20 @@ class SimServices : public ServiceManager {
   std::string root_;
 };
 
-/// Time passes only when someone waits, so bounded waits end at once.
+/// Time passes only when someone waits, so bounded waits end at once; the
+/// host moves on while it passes (units finish stopping, processes exit).
+/// Kept in a file, so a forked child and its parent share it.
 class FakeClock : public Clock {
  public:
-  std::chrono::steady_clock::time_point now() override { return now_; }
-  void sleep_for(std::chrono::milliseconds d) override { now_ += d; }
+  explicit FakeClock(std::string root) : root_(std::move(root)) {}
+  std::chrono::steady_clock::time_point now() override {
+    return std::chrono::steady_clock::time_point{} +
+           std::chrono::milliseconds(Kernel(root_).now_ms());
+  }
+  void sleep_for(std::chrono::milliseconds d) override { Kernel(root_).advance(d.count()); }
 
  private:
-  std::chrono::steady_clock::time_point now_{};
+  std::string root_;
 };
 
 struct Dev {
@@ -458,8 +659,17 @@ json sim_config(const std::string& vfio_ids) {
       {"i2c_i801", {{"deps", json::array()}, {"drivers", {"i801_smbus"}}}},
       {"spi_intel_pci", {{"deps", json::array()}, {"drivers", {"intel-spi"}}}},
       {"i40e", {{"deps", json::array()}, {"drivers", {"i40e"}}}},
-      {"vfio", {{"deps", json::array()}, {"drivers", json::array()}}},
+      // drivers/vfio/vfio_main.c: MODULE_SOFTDEP("post: vfio_iommu_type1
+      // vfio_iommu_spapr_tce"); type1 uses vfio's symbols, so it holds vfio.
+      {"vfio",
+       {{"deps", json::array()},
+        {"drivers", json::array()},
+        {"softdep_post", {"vfio_iommu_type1", "vfio_iommu_spapr_tce"}}}},
+      {"vfio_iommu_type1", {{"deps", {"vfio"}}, {"drivers", json::array()}}},
+      {"iommufd", {{"deps", json::array()}, {"drivers", json::array()}}},
       {"irqbypass", {{"deps", json::array()}, {"drivers", json::array()}}},
+      {"kvm", {{"deps", {"irqbypass"}}, {"drivers", json::array()}}},
+      {"kvm_intel", {{"deps", {"kvm"}}, {"drivers", json::array()}}},
       {"vfio_pci_core", {{"deps", {"vfio", "irqbypass"}}, {"drivers", json::array()}}},
       {"vfio_pci", {{"deps", {"vfio_pci_core"}}, {"drivers", {"vfio-pci"}}}},
   };
@@ -482,8 +692,10 @@ json sim_config(const std::string& vfio_ids) {
            {"files", {"/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"}}},
           {{"pid", 1300},
            {"comm", "gnome-shell"},
-           {"files", {"/dev/dri/renderD128", "/dev/null"}}}}},
-        {"module_refs", {{"nvidia_drm", 2}, {"nvidia", 2}}}}},
+           {"files", {"/dev/dri/renderD128", "/dev/null"}},
+           {"linger_ms", 500}}}},
+        {"module_refs", {{"nvidia_drm", 2}, {"nvidia", 2}}},
+        {"stop_ms", 300}}},
       {"nvidia-persistenced.service",
        {{"processes", {{{"pid", 900}, {"comm", "nvidia-persiste"}, {"files", {"/dev/nvidiactl"}}}}},
         {"module_refs", {{"nvidia", 1}}}}},
@@ -492,6 +704,7 @@ json sim_config(const std::string& vfio_ids) {
       {"system.slice", json::object()},
       {"user.slice", json::object()},
       {"init.scope", json::object()},
+      {"machine.slice", json::object()},
   };
   json ids = json::array();
   std::istringstream in(vfio_ids);
@@ -503,7 +716,7 @@ json sim_config(const std::string& vfio_ids) {
 
 }  // namespace
 
-SimHost::SimHost(const std::string& vfio_ids) {
+SimHost::SimHost(const std::string& vfio_ids, const std::string& kernel) {
   // tmpfs when there is one: the simulated host makes many small files.
   char tmpl[] = "/dev/shm/pl-simhost-XXXXXX";
   if (!fsys::is_directory("/dev/shm")) std::strcpy(tmpl, "/tmp/pl-simhost-XXXXXX");
@@ -519,8 +732,8 @@ SimHost::SimHost(const std::string& vfio_ids) {
         "BOOT_IMAGE=/vmlinuz-linux root=/dev/sda2 loglevel=3 intel_iommu=on iommu=pt\n");
   k.put("/dev/kvm", "");
   fsys::create_directories(k.real("/var/lib"));
-  k.put("/proc/sys/kernel/osrelease", "6.1.0-13-amd64\n");
-  k.put("/lib/modules/6.1.0-13-amd64/modules.dep",
+  k.put("/proc/sys/kernel/osrelease", kernel + "\n");
+  k.put("/lib/modules/" + kernel + "/modules.dep",
         "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko "
         "kernel/drivers/vfio/vfio.ko\n");
   k.put("/proc/meminfo",
@@ -537,6 +750,20 @@ SimHost::SimHost(const std::string& vfio_ids) {
     k.put(dir + "/class", std::string("0x") + d.klass + "\n");
     k.put(dir + "/revision", std::string("0x") + d.rev + "\n");
     k.put(dir + "/driver_override", "(null)\n");
+    // The first 64 bytes of config space: ids, class, header type at 0x0e
+    // (bridges type 1; the GPU's functions set the multi-function bit).
+    std::string config(64, '\0');
+    auto le16 = [&](size_t at, const char* hex) {
+      unsigned v = std::stoul(hex, nullptr, 16);
+      config[at] = static_cast<char>(v & 0xff);
+      config[at + 1] = static_cast<char>(v >> 8);
+    };
+    le16(0, d.vendor);
+    le16(2, d.device);
+    const bool bridge = std::string(d.klass).starts_with("0604");
+    const bool multi = std::string(d.addr).starts_with("0000:01:00.");
+    config[0x0e] = static_cast<char>((bridge ? 1 : 0) | (multi ? 0x80 : 0));
+    k.put(dir + "/config", config);
     if (std::string(d.klass).starts_with("03"))
       k.put(dir + "/boot_vga", d.boot_vga ? "1\n" : "0\n");
     k.link(std::string("/sys/bus/pci/devices/") + d.addr, dir);
@@ -549,11 +776,42 @@ SimHost::SimHost(const std::string& vfio_ids) {
   const std::string gpu = k.dev_dir("0000:01:00.0");
   fsys::create_directories(k.real(gpu + "/drm/card0"));
   fsys::create_directories(k.real(gpu + "/drm/renderD128"));
+  // Sound cards: the onboard codec is card0, the GPU's HDMI audio card1.
+  for (auto [addr, card] : {std::pair{"0000:00:1f.3", "0"}, std::pair{"0000:01:00.1", "1"}}) {
+    const std::string dir = k.dev_dir(addr) + "/sound/card" + card;
+    for (std::string n : {"controlC", "pcmC", "hwC"}) {
+      std::string node = n + card + (n == "controlC" ? "" : n == "pcmC" ? "D3p" : "D0");
+      fsys::create_directories(k.real(dir + "/" + node));
+    }
+  }
+  // The NVMe's namespace with two partitions (the guest's Windows disk), in
+  // /sys/block as the kernel lays it out; nothing mounts it.
+  const std::string ns = k.dev_dir("0000:03:00.0") + "/nvme/nvme0/nvme0n1";
+  k.put(ns + "/dev", "259:0\n");
+  fsys::create_directories(k.real(ns + "/holders"));
+  for (int part : {1, 2}) {
+    const std::string pdir = ns + "/nvme0n1p" + std::to_string(part);
+    k.put(pdir + "/dev", "259:" + std::to_string(part) + "\n");
+    k.put(pdir + "/partition", std::to_string(part) + "\n");
+    fsys::create_directories(k.real(pdir + "/holders"));
+  }
+  k.link("/sys/block/nvme0n1", ns);
+  // The host's own disk, mounted as / and swapping on sda3.
+  const std::string sda =
+      "/sys/devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/block/sda";
+  k.put(sda + "/dev", "8:0\n");
+  k.put(sda + "/sda2/dev", "8:2\n");
+  k.put(sda + "/sda2/partition", "2\n");
+  k.link("/sys/block/sda", sda);
+  k.put("/proc/self/mountinfo",
+        "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw\n"
+        "23 22 0:21 / /proc rw,nosuid shared:2 - proc proc rw\n");
+  k.put("/proc/swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n");
 
   // Modules in boot order; their drivers take the devices as they register.
   for (const char* m :
-       {"nvidia", "nvidia_modeset", "drm", "nvidia_drm", "nvidia_uvm", "snd_hda_intel", "xhci_pci",
-        "i2c_nvidia_gpu", "nvme", "lpc_ich", "i2c_i801", "spi_intel_pci", "i40e"}) {
+       {"kvm_intel", "nvidia", "nvidia_modeset", "drm", "nvidia_drm", "nvidia_uvm", "snd_hda_intel",
+        "xhci_pci", "i2c_nvidia_gpu", "nvme", "lpc_ich", "i2c_i801", "spi_intel_pci", "i40e"}) {
     k.insert(m);
   }
   if (!k.cfg()["vfio_ids"].empty()) k.insert("vfio_pci");  // vfio.conf loads it early
@@ -584,7 +842,7 @@ SimHost::SimHost(const std::string& vfio_ids) {
 
   for (const char* u : {"sshd.service", "nvidia-persistenced.service", "display-manager.service"})
     k.start_unit(u);
-  for (const char* u : {"system.slice", "user.slice", "init.scope", "sshd.service",
+  for (const char* u : {"system.slice", "user.slice", "init.scope", "machine.slice", "sshd.service",
                         "nvidia-persistenced.service", "display-manager.service"}) {
     if (k.unit_state(u).empty())
       k.put("/.sim/state/units/" + std::string(u) + ".state", "inactive\n");
@@ -597,7 +855,11 @@ SimHost::SimHost(const std::string& vfio_ids) {
   fs_ = std::make_unique<SimFs>(root_);
   services_ = std::make_unique<SimServices>(root_);
   modules_ = std::make_unique<SimModules>(root_);
-  clock_ = std::make_unique<FakeClock>();
+  clock_ = std::make_unique<FakeClock>(root_);
+}
+
+std::vector<int> SimHost::effective_cpus(pid_t pid) const {
+  return Kernel(root_).effective_cpus(pid);
 }
 
 SimHost::~SimHost() {
@@ -615,7 +877,7 @@ Snapshot SimHost::snapshot() const {
   for (auto it = fsys::recursive_directory_iterator(base);
        it != fsys::recursive_directory_iterator(); ++it) {
     const std::string rel = "/" + it->path().lexically_relative(base).string();
-    if (rel.starts_with("/var/lib/passlaunch")) continue;
+    if (rel.starts_with("/var/lib/passlaunch") || rel == "/.sim/clock") continue;
     auto st = it->symlink_status();
     if (fsys::is_symlink(st)) {
       snap[rel] = "L:" + fsys::read_symlink(it->path()).string();
@@ -636,6 +898,29 @@ void SimHost::add_process(int pid, const std::string& comm, const std::string& f
 }
 
 void SimHost::pin_module(const std::string& module) { Kernel(root_).add_ref(module, 1); }
+
+void SimHost::put_file(const std::string& host_path, const std::string& text) {
+  Kernel(root_).put(host_path, text);
+}
+
+void SimHost::put_link(const std::string& host_link, const std::string& host_target) {
+  Kernel(root_).link(host_link, host_target);
+}
+
+void SimHost::set_driver(const std::string& address, const std::string& driver) {
+  Kernel k(root_);
+  k.unbind(address);
+  if (driver.empty()) return;
+  if (!k.driver_loaded(driver)) {
+    for (const char* f : {"bind", "unbind", "new_id", "remove_id", "uevent"})
+      k.put("/sys/bus/pci/drivers/" + driver + "/" + f, "");
+  }
+  k.bind(address, driver);
+}
+
+void SimHost::remove_process(int pid) {
+  fsys::remove_all(Kernel(root_).real("/proc/" + std::to_string(pid)));
+}
 
 void SimHost::add_groupless_device(const std::string& address) {
   Kernel k(root_);

@@ -27,6 +27,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "host/host_env.h"
 
@@ -39,8 +40,10 @@ class SimHost {
  public:
   /// The seed's machine (groups 13, 14, 16, a root port in group 16, other
   /// devices), NVIDIA driver stack loaded, display manager running.
-  /// `vfio_ids` is the vfio-pci ids= option (as if in /etc/modprobe.d).
-  explicit SimHost(const std::string& vfio_ids = "");
+  /// `vfio_ids` is the vfio-pci ids= option (as if in /etc/modprobe.d);
+  /// `kernel` the release (6.2 on: vfio needs iommufd; 5.19 on: group
+  /// viability by driver_managed_dma).
+  explicit SimHost(const std::string& vfio_ids = "", const std::string& kernel = "6.1.0-13-amd64");
   ~SimHost();
   SimHost(const SimHost&) = delete;
   SimHost& operator=(const SimHost&) = delete;
@@ -57,11 +60,26 @@ class SimHost {
   // Scenario knobs.
   /// A process outside any unit that holds `file` open.
   void add_process(int pid, const std::string& comm, const std::string& file);
+  void remove_process(int pid);
+  /// Binds a device to `driver` (registered if it is not: pci-stub,
+  /// shpchp), or leaves it unbound ("").
+  void set_driver(const std::string& address, const std::string& driver);
+  /// Writes a file under the root (a mountinfo line, a holders entry).
+  void put_file(const std::string& host_path, const std::string& text);
+  /// A relative symlink under the root, as sysfs makes them.
+  void put_link(const std::string& host_link, const std::string& host_target);
   /// A reference on a module that no process accounts for (it will not unload).
   void pin_module(const std::string& module);
   /// Adds a PCI device that belongs to no IOMMU group.
   void add_groupless_device(const std::string& address);
   void set_boot_id(const std::string& id);
+
+  // Observations.
+  /// The CPUs a process may run on: its cgroup's cpuset.cpus.effective, the
+  /// intersection of AllowedCPUs along its slice path. Processes the
+  /// simulation does not place (the test itself, the launcher) start in
+  /// user.slice/session-1.scope.
+  std::vector<int> effective_cpus(pid_t pid) const;
 
  private:
   std::string root_;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -10,6 +11,7 @@
 #include "host/host_env.h"
 #include "host/journal.h"
 #include "host/pci.h"
+#include "host/usage.h"
 #include "host/vfio_conf.h"
 
 namespace pl::host {
@@ -21,6 +23,16 @@ bool has_word(const std::string& text, const std::string& word) {
     if (w == word) return true;
   }
   return false;
+}
+
+/// "1200 (Xorg), 1300 (gnome-shell)": each holding process once.
+std::string short_holders(const std::vector<Holder>& holders) {
+  std::vector<std::string> out;
+  std::set<int> seen;
+  for (const auto& h : holders) {
+    if (seen.insert(h.pid).second) out.push_back(std::to_string(h.pid) + " (" + h.comm + ")");
+  }
+  return join(out, ", ");
 }
 
 /// First "Key: value" of /proc/meminfo-like text, as a number.
@@ -139,20 +151,49 @@ std::vector<CheckLine> check_host(const HostFs& fs, const CheckOptions& options)
       groups.push_back(*d->iommu_group);
     }
   }
+  // Viability as the kernel decides it (group_blockers, pci.h).
   for (int g : groups) {
-    std::vector<std::string> missing;
-    for (const auto& m : read_group_members(fs, g)) {
-      if (!m.is_bridge() && std::find(passed.begin(), passed.end(), m.address) == passed.end())
-        missing.push_back(m.address);
-    }
-    if (missing.empty()) {
+    IommuGroup group{g, read_group_members(fs, g)};
+    auto blockers = group_blockers(group, passed, release);
+    if (blockers.empty()) {
       pass("IOMMU group " + std::to_string(g) +
-           " viable (every member passed through or a bridge)");
+           " viable (each member passed through, unbound, or on a driver that allows it)");
+      continue;
+    }
+    for (const auto& b : blockers) {
+      const bool given = std::find(passed.begin(), passed.end(), b.device.address) != passed.end();
+      fail("IOMMU group " + std::to_string(g) + " not viable: " + b.device.address + " " + b.reason,
+           given ? "leave the bridge out of the profile's devices"
+           : b.device.is_bridge()
+               ? "unbind it from " + b.device.driver + " or keep that driver from loading"
+               : "add it to the profile's devices (a group goes to the VM whole), unbind it, or "
+                 "move the card to another slot");
+    }
+  }
+  // Storage the host uses would be destroyed by unbinding its controller.
+  for (const auto& a : passed) {
+    auto d = read_pci_device(fs, a);
+    if (!d || d->driver == "vfio-pci") continue;
+    auto users = block_device_users(fs, a);
+    if (!users.empty()) {
+      fail("device " + a + " holds storage the host is using: " + join(users, "; "),
+           "unmount it, swapoff it, or deactivate the volume on it first, or leave the device out; "
+           "`passlaunch run` refuses to unbind it");
+    }
+  }
+  // Sound devices: unbinding waits until every handle is closed.
+  for (const auto& a : passed) {
+    auto nodes = sound_nodes(fs, a);
+    if (nodes.empty()) continue;
+    std::set<std::string> set(nodes.begin(), nodes.end());
+    auto holders = processes_holding(fs, [&](const std::string& t) { return set.count(t) > 0; });
+    if (holders.empty()) {
+      pass("no process holds the sound devices of " + a);
     } else {
-      fail("IOMMU group " + std::to_string(g) + " not viable: " + join(missing, ", ") +
-               " not passed through",
-           "add them to the profile's devices (a group goes to the VM whole), or move the card to "
-           "another slot");
+      warn("processes holding the sound devices of " + a + ": " + short_holders(holders),
+           "they must close them before the VM starts (passlaunch waits for them); a sound "
+           "server of the desktop session ends with it, others: add their units to the "
+           "profile's units to stop");
     }
   }
   std::vector<PciDevice> gpus;
@@ -166,34 +207,13 @@ std::vector<CheckLine> check_host(const HostFs& fs, const CheckOptions& options)
       gpus.push_back(d);
   }
   if (!gpus.empty()) {
-    bool nvidia = std::any_of(gpus.begin(), gpus.end(),
-                              [](const PciDevice& d) { return d.vendor == 0x10de; });
-    std::vector<std::string> drm;
-    for (const auto& d : gpus) {
-      for (const auto& n : fs.list("/sys/bus/pci/devices/" + d.address + "/drm"))
-        drm.push_back("/dev/dri/" + n);
-    }
-    std::vector<std::string> holders;
-    for (const auto& pid : fs.list("/proc")) {
-      if (!std::all_of(pid.begin(), pid.end(), ::isdigit)) continue;
-      for (const auto& fd : fs.list("/proc/" + pid + "/fd")) {
-        auto t = fs.readlink("/proc/" + pid + "/fd/" + fd);
-        if (!t) continue;
-        if ((nvidia && t->starts_with("/dev/nvidia")) ||
-            std::find(drm.begin(), drm.end(), *t) != drm.end()) {
-          holders.push_back(pid + " (" + fs.read_trimmed("/proc/" + pid + "/comm").value_or("?") +
-                            ")");
-          break;
-        }
-      }
-    }
+    auto holders = processes_holding(fs, gpu_files(fs, gpus));
     if (holders.empty()) {
       pass("no process holds the GPU");
     } else {
-      warn("processes holding the GPU: " + join(holders, ", "),
+      warn("processes holding the GPU: " + short_holders(holders),
            "they must exit before the VM starts: the display manager is stopped for you; add other "
-           "units to the "
-           "profile's units to stop");
+           "units to the profile's units to stop");
     }
   }
 

@@ -16,6 +16,7 @@
 #include "core/cpulist.h"
 #include "core/error.h"
 #include "core/text.h"
+#include "host/usage.h"
 #include "host/vfio_conf.h"
 #include "net/tap.h"
 
@@ -47,8 +48,8 @@ const char* step_name(Step s) {
 namespace {
 
 constexpr milliseconds kPoll{100};
-constexpr milliseconds kRecoverUnbindTimeout{10000};
 constexpr const char* kIsolatedUnits[] = {"system.slice", "user.slice", "init.scope"};
+constexpr const char* kMachineSlice = "machine.slice";
 constexpr const char* kFramebufferDrivers[] = {"efi-framebuffer", "simple-framebuffer",
                                                "vesa-framebuffer"};
 
@@ -109,104 +110,109 @@ ModuleState module_state(const HostFs& fs, const std::string& name) {
   return s;
 }
 
-struct Holder {
-  int pid = 0;
-  std::string comm;
-  std::string file;
-};
-
-/// Processes with an open file for which `match(target)` holds (from /proc/PID/fd).
-std::vector<Holder> processes_holding(const HostFs& fs,
-                                      const std::function<bool(const std::string&)>& match) {
-  std::vector<Holder> out;
-  for (const auto& name : fs.list("/proc")) {
-    int pid = 0;
-    auto [p, ec] = std::from_chars(name.data(), name.data() + name.size(), pid);
-    if (ec != std::errc() || p != name.data() + name.size()) continue;
-    std::set<std::string> seen;
-    for (const auto& fd : fs.list("/proc/" + name + "/fd")) {
-      auto target = fs.readlink("/proc/" + name + "/fd/" + fd);
-      if (!target || !match(*target) || !seen.insert(*target).second) continue;
-      out.push_back({pid, fs.read_trimmed("/proc/" + name + "/comm").value_or("?"), *target});
-    }
-  }
-  return out;
-}
-
-std::string describe_holders(const std::vector<Holder>& holders) {
-  std::vector<std::string> parts;
-  for (const auto& h : holders)
-    parts.push_back("PID " + std::to_string(h.pid) + " (" + h.comm + ") holds " + h.file);
-  return join(parts, ", ");
-}
-
-/// Device files that belong to the given GPUs: /dev/nvidia* for NVIDIA, and
-/// the DRM nodes listed under each device's drm/ directory.
-std::function<bool(const std::string&)> gpu_files(const HostFs& fs,
-                                                  const std::vector<PciDevice>& devices) {
-  bool nvidia = false;
-  std::set<std::string> files;
-  for (const auto& d : devices) {
-    if (d.vendor == 0x10de) nvidia = true;
-    for (const auto& n : fs.list("/sys/bus/pci/devices/" + d.address + "/drm")) {
-      if (n.starts_with("card") || n.starts_with("renderD")) files.insert("/dev/dri/" + n);
-    }
-  }
-  return [nvidia, files](const std::string& target) {
-    return (nvidia && target.starts_with("/dev/nvidia")) || files.count(target) > 0;
-  };
-}
-
-/// An unbind that did not finish in time: its write may still complete later,
-/// so the journal must outlive the restore.
-class UnbindTimeout : public Error {
+/// A driver call (unbind, probe, module load) that did not finish in time: it
+/// may still complete later, so the journal must outlive the restore.
+class StuckTimeout : public Error {
  public:
-  using Error::Error;
+  StuckTimeout(std::string message, std::string hint, std::string pending)
+      : Error(Exit::kEnvironment, std::move(message), std::move(hint)),
+        pending_(std::move(pending)) {}
+  /// "an unbind is still pending"
+  const std::string& pending() const { return pending_; }
+
+ private:
+  std::string pending_;
 };
 
-/// Unbinds a PCI device from its driver, bounded: a driver that hangs in
-/// remove() must not hang the launcher. The write runs on its own thread.
-void unbind_pci(HostEnv& env, const std::string& driver, const std::string& address,
-                milliseconds timeout) {
+/// Runs `call` (a sysfs write or a module load: both run a driver's remove()
+/// or probe(), which can hang, e.g. on a GPU that did not reset after a guest)
+/// on its own thread and waits at most `timeout`. On timeout `stuck` joins
+/// env.stuck_devices and StuckTimeout is thrown; the call is left running.
+int bounded(HostEnv& env, std::function<int()> call, milliseconds timeout, const std::string& what,
+            const std::string& stuck, const std::string& pending) {
   auto result = std::make_shared<std::promise<int>>();
   auto done = result->get_future();
+  std::thread([call = std::move(call), result] { result->set_value(call()); }).detach();
+  if (done.wait_for(timeout) != std::future_status::ready) {
+    env.stuck_devices.insert(stuck);
+    throw StuckTimeout(what + " did not finish within " + std::to_string(timeout.count()) + " ms",
+                       "the driver is stuck with the device; check `dmesg`; a reboot may be needed",
+                       pending);
+  }
+  return done.get();
+}
+
+/// Unbinds a PCI device from its driver, bounded: a driver that hangs in
+/// remove() must not hang the launcher.
+void unbind_pci(HostEnv& env, const std::string& driver, const std::string& address,
+                milliseconds timeout) {
   const std::string path = "/sys/bus/pci/drivers/" + driver + "/unbind";
   HostFs* fs = &env.fs;
-  std::thread([fs, path, address, result] {
-    result->set_value(fs->write(path, address));
-  }).detach();
-  if (done.wait_for(timeout) != std::future_status::ready) {
-    env.stuck_devices.insert(address);
-    throw UnbindTimeout(
-        Exit::kEnvironment,
-        "unbinding " + address + " from " + driver + " did not finish within " +
-            std::to_string(timeout.count()) + " ms",
-        "the driver is stuck releasing the device; check `dmesg`; a reboot may be needed");
-  }
-  int err = done.get();
+  int err = bounded(
+      env, [fs, path, address] { return fs->write(path, address); }, timeout,
+      "unbinding " + address + " from " + driver, address, "an unbind is still pending");
   if (err != 0 && err != ENODEV)
     throw system_error(Exit::kFailed, "writing \"" + address + "\" to", fs->real(path), err);
 }
 
-/// A device whose unbind timed out is not touched again (see HostEnv).
+/// Writes the address to drivers_probe, bounded: the probe runs in the write.
+/// ENODEV (no driver matched) counts as done.
+void probe_pci(HostEnv& env, const std::string& address, milliseconds timeout) {
+  const std::string path = "/sys/bus/pci/drivers_probe";
+  HostFs* fs = &env.fs;
+  int err = bounded(
+      env, [fs, path, address] { return fs->write(path, address); }, timeout, "probing " + address,
+      address, "a probe is still pending");
+  if (err != 0 && err != ENODEV)
+    throw system_error(Exit::kFailed, "writing \"" + address + "\" to", fs->real(path), err);
+}
+
+/// A device whose unbind or probe timed out is not touched again (see
+/// HostEnv); after a module load timed out ("*"), no device is: its probe
+/// holds the lock of a device we cannot name.
 void refuse_stuck(HostEnv& env, const std::string& address) {
-  if (env.stuck_devices.count(address)) {
+  if (env.stuck_devices.count(address) || env.stuck_devices.count("*")) {
     throw Error(Exit::kFailed,
                 "PCI device " + address +
-                    " is still held by its driver after a timed-out unbind; "
-                    "not touched again by this process",
+                    (env.stuck_devices.count(address)
+                         ? " is still held by its driver after a timed-out unbind or probe"
+                         : " may be locked by a module load that timed out") +
+                    "; not touched again by this process",
                 "once `dmesg` shows the driver let go, run `passlaunch recover`");
   }
 }
 
+/// Waits until the unit's ActiveState is "inactive" or "failed". Not `is-active`:
+/// that is false already in "deactivating", while ExecStop runs and the
+/// unit's processes (Xorg, the compositor) may still hold the GPU.
 void wait_inactive(HostEnv& env, const std::string& unit, milliseconds timeout) {
   auto deadline = env.clock.now() + timeout;
-  while (env.services.is_active(unit)) {
+  for (;;) {
+    const std::string state = env.services.active_state(unit);
+    if (state == "inactive" || state == "failed") return;
     if (env.clock.now() >= deadline) {
       throw Error(Exit::kEnvironment,
-                  "unit " + unit + " is still active " + std::to_string(timeout.count()) +
+                  "unit " + unit + " is still " + state + " " + std::to_string(timeout.count()) +
                       " ms after stopping it",
                   "check `systemctl status " + unit + "`");
+    }
+    env.clock.sleep_for(kPoll);
+  }
+}
+
+/// Waits until no process holds any of the files `match` selects; session
+/// processes may outlive their unit for a while. Throws naming them.
+void wait_unheld(HostEnv& env, const std::function<bool(const std::string&)>& match,
+                 const std::string& what, milliseconds timeout, const std::string& hint) {
+  auto deadline = env.clock.now() + timeout;
+  for (;;) {
+    auto holders = processes_holding(env.fs, match);
+    if (holders.empty()) return;
+    if (env.clock.now() >= deadline) {
+      throw Error(Exit::kFailed,
+                  what + " still in use after " + std::to_string(timeout.count()) +
+                      " ms: " + describe_holders(holders),
+                  hint);
     }
     env.clock.sleep_for(kPoll);
   }
@@ -240,9 +246,18 @@ void unload_module(HostEnv& env, const std::string& name, milliseconds timeout) 
   }
 }
 
-void load_module(HostEnv& env, const std::string& name) {
+/// Loads a module, bounded: its drivers probe their devices while it loads.
+void load_module(HostEnv& env, const std::string& name, milliseconds timeout) {
+  if (env.stuck_devices.count("*")) {
+    throw Error(Exit::kFailed,
+                "kernel module " + name + " not loaded: an earlier module load is still pending",
+                "once `dmesg` shows the driver let go, run `passlaunch recover`");
+  }
   if (module_state(env.fs, name).loaded) return;
-  int err = env.modules.insert(name);
+  ModuleLoader* modules = &env.modules;
+  int err = bounded(
+      env, [modules, name] { return modules->insert(name); }, timeout,
+      "loading kernel module " + name, "*", "a module load is still pending");
   if (err != 0 && err != EEXIST)
     throw system_error(Exit::kFailed, "loading kernel module", name, err);
 }
@@ -267,7 +282,7 @@ void pin_pci(HostEnv& env, const std::string& address, const std::string& driver
   if (!driver.empty() && d->driver_override != driver)
     write_attr(env.fs, dev + "/driver_override", driver);
   if (!d->driver.empty()) unbind_pci(env, d->driver, address, timeout);
-  if (!driver.empty()) write_attr(env.fs, "/sys/bus/pci/drivers_probe", address, {ENODEV});
+  if (!driver.empty()) probe_pci(env, address, timeout);
 }
 
 /// After every inverse ran (modules are back): restore driver_override and
@@ -281,7 +296,7 @@ void settle_pci(HostEnv& env, const json& e, std::vector<std::string>& failures)
     auto d = read_pci_device(env.fs, address);
     if (!d) throw Error(Exit::kFailed, "PCI device " + address + " has disappeared");
     if (d->driver != driver && !driver.empty() && env.fs.exists("/sys/bus/pci/drivers/" + driver)) {
-      pin_pci(env, address, driver, kRecoverUnbindTimeout);
+      pin_pci(env, address, driver, env.restore_timeout);
     }
     d = read_pci_device(env.fs, address);
     if (!d) throw Error(Exit::kFailed, "PCI device " + address + " has disappeared");
@@ -317,22 +332,40 @@ void undo_one(HostEnv& env, const json& e, const std::string& vm, const std::str
       write_attr(env.fs, "/sys/bus/platform/drivers/" + driver + "/bind", device, {ENODEV});
     }
   } else if (op == "load_module") {
-    load_module(env, e.at("module"));
+    load_module(env, e.at("module"), env.restore_timeout);
   } else if (op == "unload_modules") {
+    // Newest first (the journal lists them in unload order): vfio_pci before
+    // vfio_pci_core, vfio_iommu_type1 before the vfio it holds.
+    if (!env.stuck_devices.empty()) {
+      // Unregistering a driver takes each of its devices' locks, which a
+      // stuck unbind or probe holds: the unload would hang with it.
+      throw Error(Exit::kFailed, "kernel modules " +
+                                     join(e.at("modules").get<std::vector<std::string>>(), ", ") +
+                                     " left loaded: a device's unbind or probe is still pending");
+    }
     for (const std::string m : e.at("modules")) {
-      if (!module_state(env.fs, m).loaded) continue;
+      ModuleState s = module_state(env.fs, m);
+      if (!s.loaded) continue;
       int err = env.modules.remove(m);
-      if (err == EBUSY) {
-        // Still used (a soft dependency such as vfio_iommu_type1, or another
-        // VM's vfio-pci devices): a loaded module changes nothing for the host.
-        log(env, "release: kernel module " + m + " is in use; left loaded");
+      if (err == EAGAIN || err == EBUSY) {
+        // delete_module says EWOULDBLOCK (== EAGAIN) while another module
+        // holds it or its refcount is not zero, EBUSY while it is still
+        // coming or going (kernel/module/main.c). Still used (by another
+        // VM's devices, kvm, a module loaded since): a loaded module changes
+        // nothing for the host, so it is left loaded and that is no failure.
+        s = module_state(env.fs, m);
+        std::string by = s.holders.empty() ? "refcnt " + std::to_string(s.refcnt)
+                                           : "held by " + join(s.holders, ", ");
+        log(env, "release: kernel module " + m + " is in use (" + by + "); left loaded");
         continue;
       }
       if (err != 0 && err != ENOENT)
         throw system_error(Exit::kFailed, "unloading kernel module", m, err);
     }
   } else if (op == "pci_restore") {
-    pin_pci(env, e.at("address"), e.value("driver", ""), kRecoverUnbindTimeout);
+    pin_pci(env, e.at("address"), e.value("driver", ""), env.restore_timeout);
+  } else if (op == "leave_scope") {
+    env.services.leave_scope(e.at("scope"), e.at("pid").get<pid_t>(), e.at("unit"));
   } else if (op == "allowed_cpus") {
     const std::string unit = e.at("unit"), cpus = e.at("cpus");
     if (env.services.allowed_cpus(unit) != cpus) env.services.set_allowed_cpus(unit, cpus);
@@ -485,11 +518,15 @@ class Steps {
   }
 
  private:
+  /// The passed devices (a member left out is unbound or on a driver the
+  /// group tolerates, check_can_start made sure; it is not touched).
   std::vector<PciDevice> members(bool fresh) const {
     std::vector<PciDevice> out;
     for (const auto& g : groups_) {
       for (const auto& d : fresh ? read_group_members(env_.fs, g.number) : g.devices) {
-        if (!d.is_bridge()) out.push_back(d);
+        if (!d.is_bridge() && std::find(c_.pci_addresses.begin(), c_.pci_addresses.end(),
+                                        d.address) != c_.pci_addresses.end())
+          out.push_back(d);
       }
     }
     return out;
@@ -512,13 +549,31 @@ class Steps {
     }
     auto devices = members(false);
     p.changes.push_back(
-        {"check that no process holds the GPU", nullptr, [this, devices] {
-           auto holders = processes_holding(env_.fs, gpu_files(env_.fs, devices));
-           if (!holders.empty()) {
-             throw Error(Exit::kFailed, "the GPU is still in use: " + describe_holders(holders),
-                         "stop these programs, or add their units to the profile's units to stop");
-           }
+        {"wait until no process holds the GPU", nullptr, [this, devices] {
+           wait_unheld(env_, gpu_files(env_.fs, devices), "the GPU is", c_.holder_timeout,
+                       "stop these programs, or add their units to the profile's units to stop");
          }});
+    // Unbinding a sound driver blocks, uninterruptibly, until every handle on
+    // the card is closed: wait for (and name) pipewire/pulseaudio first.
+    std::set<std::string> snd;
+    std::vector<std::string> cards;
+    for (const auto& d : devices) {
+      auto nodes = sound_nodes(env_.fs, d.address);
+      if (!nodes.empty()) cards.push_back(d.address);
+      snd.insert(nodes.begin(), nodes.end());
+    }
+    if (!snd.empty()) {
+      p.changes.push_back(
+          {"wait until no process holds the sound devices of " + join(cards, ", "), nullptr,
+           [this, snd, cards] {
+             wait_unheld(
+                 env_, [snd](const std::string& t) { return snd.count(t) > 0; },
+                 "the sound devices of " + join(cards, ", ") + " are", c_.holder_timeout,
+                 "stop the sound server of the sessions using them (pipewire, pulseaudio), or add "
+                 "its unit to the profile's units to stop");
+           }});
+    }
+    return p;
     return p;
   }
 
@@ -581,15 +636,17 @@ class Steps {
   StepPlan vfio() {
     StepPlan p;
     if (!env_.fs.exists("/sys/bus/pci/drivers/vfio-pci")) {
+      // Everything modprobe will load (soft dependencies too: vfio brings
+      // vfio_iommu_type1, which then holds it), journaled in unload order.
       std::vector<std::string> load;
-      for (const auto& m : env_.modules.dependencies("vfio-pci")) {
+      for (const auto& m : env_.modules.load_order("vfio-pci")) {
         if (!module_state(env_.fs, m).loaded) load.push_back(sysfs_module(m));
       }
-      load.push_back("vfio_pci");
+      if (std::find(load.begin(), load.end(), "vfio_pci") == load.end()) load.push_back("vfio_pci");
       std::reverse(load.begin(), load.end());
       p.changes.push_back(
           {"load vfio-pci", {{"undo", "unload_modules"}, {"modules", load}}, [this] {
-             load_module(env_, "vfio-pci");
+             load_module(env_, "vfio-pci", c_.module_timeout);
              if (!env_.fs.exists("/sys/bus/pci/drivers/vfio-pci")) {
                throw Error(Exit::kEnvironment, "vfio-pci loaded but its driver is not registered");
              }
@@ -628,7 +685,7 @@ class Steps {
       p.changes.push_back({"bind " + addr + " to vfio-pci", nullptr, [this, addr] {
                              auto now = read_pci_device(env_.fs, addr);
                              if (now && now->driver.empty())
-                               write_attr(env_.fs, "/sys/bus/pci/drivers_probe", addr);
+                               probe_pci(env_, addr, c_.unbind_timeout);
                              now = read_pci_device(env_.fs, addr);
                              if (!now || now->driver != "vfio-pci") {
                                throw Error(
@@ -647,6 +704,21 @@ class Steps {
     StepPlan p;
     if (c_.isolate_host_cpus) {
       const std::string cpus = *c_.isolate_host_cpus;
+      // AllowedCPUs confines everything below a slice, this launcher and the
+      // QEMU it will start included (cpusets are hierarchical): pinning a
+      // vCPU to a VM CPU would then fail with EINVAL. So first move the
+      // launcher into a scope of its own in machine.slice, outside the
+      // slices restricted below (as libvirt runs its VMs); QEMU is born there.
+      const pid_t self = ::getpid();
+      const std::string scope = "passlaunch-" + c_.vm_name + ".scope";
+      const std::string here = env_.services.unit_of(self);
+      if (here != scope) {
+        p.changes.push_back(
+            {"move the launcher (pid " + std::to_string(self) + ") into " + kMachineSlice + "/" +
+                 scope,
+             {{"undo", "leave_scope"}, {"scope", scope}, {"pid", self}, {"unit", here}},
+             [this, scope, self] { env_.services.move_to_scope(scope, kMachineSlice, self); }});
+      }
       for (const char* u : kIsolatedUnits) {
         const std::string unit = u;
         std::string old = env_.services.allowed_cpus(unit);
@@ -735,18 +807,53 @@ void Handover::check_can_start(bool discard_stale) {
     log(env_, "discarded the journal of " + vm + " from an earlier boot (" + *stale + ")");
   }
   groups_ = groups_of(fs, config_.pci_addresses);
-  // Every member of a passed group must be passed too; bridges stay on the host.
+  // The group goes to the VM whole, as the kernel decides it: every member
+  // not passed through must be unbound or on a driver that leaves DMA to the
+  // group's user; a passed member must not be a bridge.
+  const std::string release = fs.read_trimmed("/proc/sys/kernel/osrelease").value_or("");
+  for (const auto& g : groups_) {
+    auto blockers = group_blockers(g, config_.pci_addresses, release);
+    if (blockers.empty()) continue;
+    const PciDevice& d = blockers.front().device;
+    PciNames names;
+    const bool passed = std::find(config_.pci_addresses.begin(), config_.pci_addresses.end(),
+                                  d.address) != config_.pci_addresses.end();
+    if (passed) {
+      throw Error(Exit::kUsage,
+                  "PCI device " + describe_pci_device(d, names) + " " + blockers.front().reason,
+                  "leave it out of the profile's devices: bridges stay with the host");
+    }
+    if (d.is_bridge()) {
+      throw Error(Exit::kUsage,
+                  "IOMMU group " + std::to_string(g.number) + " is not viable: bridge " +
+                      describe_pci_device(d, names) + " " + blockers.front().reason,
+                  "unbind it (echo " + d.address + " > /sys/bus/pci/drivers/" + d.driver +
+                      "/unbind) or keep its driver from loading (modprobe.d blacklist)");
+    }
+    throw Error(Exit::kUsage,
+                "IOMMU group " + std::to_string(g.number) + " also holds " +
+                    describe_pci_device(d, names) + " (driver " + d.driver +
+                    "), which the profile does not pass through",
+                "a group goes to the VM whole: add " + d.address +
+                    " to the profile's devices, unbind it, or move the card to another slot");
+  }
+  // A block device the host uses: unbinding its controller would pull
+  // mounted filesystems, swap or an LVM/MD/dm-crypt member away from under
+  // the host and destroy its data. Refuse, naming every user.
   for (const auto& g : groups_) {
     for (const auto& d : g.devices) {
-      if (d.is_bridge()) continue;
-      if (std::find(config_.pci_addresses.begin(), config_.pci_addresses.end(), d.address) ==
-          config_.pci_addresses.end()) {
-        PciNames names;
-        throw Error(Exit::kUsage,
-                    "IOMMU group " + std::to_string(g.number) + " also holds " +
-                        describe_pci_device(d, names) + ", which the profile does not pass through",
-                    "a group goes to the VM whole: add " + d.address +
-                        " to the profile's devices, or move the card to another slot");
+      if (d.is_bridge() || d.driver == "vfio-pci" ||
+          std::find(config_.pci_addresses.begin(), config_.pci_addresses.end(), d.address) ==
+              config_.pci_addresses.end())
+        continue;
+      auto users = block_device_users(fs, d.address);
+      if (!users.empty()) {
+        throw Error(
+            Exit::kUsage,
+            "PCI device " + d.address + " holds storage the host is using: " + join(users, "; "),
+            "unmount it, swapoff it, or deactivate the volume on it (vgchange -an, "
+            "mdadm --stop, cryptsetup close) first, or leave the device out of the "
+            "profile");
       }
     }
   }
@@ -825,8 +932,8 @@ void Handover::prepare() {
        {Step::kDisplay, Step::kConsoles, Step::kModules, Step::kVfio, Step::kCpus, Step::kHooks}) {
     try {
       run_step(s, journal);
-    } catch (const UnbindTimeout& e) {
-      // The stuck unbind may still land after the restore; keep the journal so
+    } catch (const StuckTimeout& e) {
+      // The stuck call may still land after the restore; keep the journal so
       // that `recover` can put that device back once the driver lets go.
       log(env_,
           std::string("prepare ") + step_name(s) + " failed: " + e.what() + "; restoring the host");
@@ -836,7 +943,7 @@ void Handover::prepare() {
       } catch (const Error& r) {
         restore = std::string("; restoring failed too: ") + r.what();
       }
-      throw Error(e.code(), std::string(e.what()) + restore + "; an unbind is still pending",
+      throw Error(e.code(), std::string(e.what()) + restore + "; " + e.pending(),
                   "once the driver lets go (see `dmesg`), run `passlaunch recover " +
                       config_.vm_name + "`");
     } catch (const std::exception& e) {
@@ -881,6 +988,27 @@ std::optional<pid_t> live_writer(const Journal& j) {
   return pid;
 }
 
+/// Refuses (exit 1, journal kept) while a process holds /dev/vfio/N of a
+/// group of the journal's devices.
+void refuse_open_groups(const Journal& j, HostEnv& env) {
+  if (!j.header().contains("devices")) return;
+  std::set<std::string> nodes;
+  for (const std::string addr : j.header()["devices"]) {
+    auto d = read_pci_device(env.fs, addr);
+    if (d && d->iommu_group) nodes.insert("/dev/vfio/" + std::to_string(*d->iommu_group));
+  }
+  auto holders =
+      processes_holding(env.fs, [&](const std::string& t) { return nodes.count(t) > 0; });
+  if (holders.empty()) return;
+  std::vector<std::string> pids;
+  for (const auto& h : holders) pids.push_back(std::to_string(h.pid));
+  throw Error(Exit::kFailed,
+              "the VM's devices are still open: " + describe_holders(holders) +
+                  "; undoing now would block until that process exits",
+              "stop it (kill " + join(pids, " ") + "), then run `passlaunch recover " +
+                  j.header().value("vm", "") + "` again");
+}
+
 }  // namespace
 
 std::vector<std::string> recover(const std::string& vm, HostEnv& env) {
@@ -909,6 +1037,9 @@ std::vector<std::string> recover(const std::string& vm, HostEnv& env) {
       log(env, "recover: " + name + " is running (pid " + std::to_string(*pid) + "), left alone");
       continue;
     }
+    // A QEMU that outlived its launcher still has the groups open: unbinding
+    // from vfio-pci would block in vfio_unregister_group_dev until it exits.
+    refuse_open_groups(*j, env);
     log(env, "recover: undoing " + std::to_string(j->entries().size()) + " change(s) of " + name);
     replay(*j, env, "recover");
     recovered.push_back(name);

@@ -45,6 +45,9 @@ struct HandoverConfig {
   std::chrono::milliseconds unbind_timeout{10000};
   std::chrono::milliseconds unit_timeout{30000};
   std::chrono::milliseconds module_timeout{10000};
+  /// How long processes may go on holding the GPU (or its sound device) once
+  /// the units are stopped: a session's processes can outlive their unit.
+  std::chrono::milliseconds holder_timeout{10000};
 };
 
 /// The steps of prepare, in order (release runs them backwards).

@@ -4,6 +4,8 @@
 // that follows the kernel's rules.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <functional>
 #include <iosfwd>
@@ -22,14 +24,33 @@ class ServiceManager {
   virtual ~ServiceManager() = default;
   /// The unit is known to the service manager (LoadState is not "not-found").
   virtual bool exists(const std::string& unit) = 0;
-  virtual bool is_active(const std::string& unit) = 0;
-  /// Stops / starts and waits for the job to finish.
+  /// The unit's ActiveState: "active", "reloading", "inactive", "failed",
+  /// "activating", "deactivating" (systemd's unit_active_state_to_string).
+  virtual std::string active_state(const std::string& unit) = 0;
+  /// What `systemctl is-active` answers: true for active and reloading only,
+  /// so already false while the unit is still `deactivating` and its
+  /// processes may still hold devices (see wait_inactive in handover.cpp).
+  bool is_active(const std::string& unit) {
+    const std::string s = active_state(unit);
+    return s == "active" || s == "reloading";
+  }
+  /// Stop queues the stop job and returns (the caller waits for ActiveState
+  /// with its own deadline); start waits for the job to finish.
   virtual void stop(const std::string& unit) = 0;
   virtual void start(const std::string& unit) = 0;
   /// AllowedCPUs of a slice or scope; "" when unrestricted.
   virtual std::string allowed_cpus(const std::string& unit) = 0;
   /// Sets AllowedCPUs for this boot only ("" lifts the restriction).
   virtual void set_allowed_cpus(const std::string& unit, const std::string& cpus) = 0;
+  /// The unit whose cgroup holds `pid` ("session-2.scope", "passlaunch@win11.service").
+  virtual std::string unit_of(pid_t pid) = 0;
+  /// Moves `pid` into a new scope `scope` under `slice` (as libvirt puts VMs in
+  /// machine.slice), returning once the move is done: processes it starts
+  /// later are born there, outside any slice whose AllowedCPUs is restricted.
+  virtual void move_to_scope(const std::string& scope, const std::string& slice, pid_t pid) = 0;
+  /// The inverse: when `pid` still lives in `scope`, moves it into `unit`;
+  /// an empty scope goes away (systemd collects it).
+  virtual void leave_scope(const std::string& scope, pid_t pid, const std::string& unit) = 0;
 };
 
 /// Loading and unloading kernel modules. State (refcnt, holders) is read from
@@ -37,13 +58,20 @@ class ServiceManager {
 class ModuleLoader {
  public:
   virtual ~ModuleLoader() = default;
-  /// Loads a module with its dependencies and modprobe.d options. 0 or errno.
+  /// Loads a module with its dependencies, soft dependencies and modprobe.d
+  /// options, as modprobe does. 0 or errno.
   virtual int insert(const std::string& name) = 0;
-  /// Unloads one module without waiting. 0, or errno (EBUSY/EAGAIN while in use).
+  /// Unloads one module without waiting (delete_module with O_NONBLOCK). 0, or
+  /// errno: EAGAIN (== EWOULDBLOCK) while another module holds it or its
+  /// refcount is not zero, EBUSY while it is still loading or unloading,
+  /// ENOENT when it is not loaded (kernel/module/main.c).
   virtual int remove(const std::string& name) = 0;
-  /// The modules `name` needs, transitively, in load order, without `name`
-  /// itself (sysfs names, underscores).
-  virtual std::vector<std::string> dependencies(const std::string& name) = 0;
+  /// Every module insert(name) loads, `name` included, in load order: each
+  /// hard dependency before its user, a soft dependency's "pre:" modules
+  /// before and its "post:" modules after the module naming them (libkmod's
+  /// probe list), e.g. for vfio-pci: ... vfio, vfio_iommu_type1, ...,
+  /// vfio_pci_core, vfio_pci. Sysfs names (underscores).
+  virtual std::vector<std::string> load_order(const std::string& name) = 0;
 };
 
 class Clock {
@@ -64,10 +92,14 @@ struct HostEnv {
   /// Called after every host change and after every step ("change", "step");
   /// tests use it to kill the process at each point. May be empty.
   std::function<void(const std::string& event)> on_event;
-  /// Devices whose unbind timed out: their driver may still hold the device
-  /// lock, so any further sysfs access to them could block for good. They are
-  /// not touched again by this process; the journal keeps their inverse.
+  /// Devices whose unbind or probe timed out: their driver may still hold the
+  /// device lock, so any further sysfs access to them could block for good.
+  /// They are not touched again by this process; the journal keeps their
+  /// inverse. "*" (a module load timed out): no device is touched again.
   std::set<std::string> stuck_devices = {};
+  /// Bound on each unbind, probe and module load of a restore (release,
+  /// recover): a probe can hang on a device the guest left in a bad state.
+  std::chrono::milliseconds restore_timeout{10000};
 };
 
 /// systemctl-backed service manager (the real host).

@@ -45,7 +45,49 @@ bool is_hex(std::string_view s) {
 
 std::string PciDevice::id() const { return hex(vendor, 4) + ":" + hex(device, 4); }
 
-bool PciDevice::is_bridge() const { return (class_code >> 8) == 0x0604 || driver == "pcieport"; }
+bool PciDevice::is_bridge() const {
+  if (header_type) return *header_type != 0;
+  return (class_code >> 8) == 0x0604 || driver == "pcieport";
+}
+
+bool driver_managed_dma(const std::string& driver) {
+  // vfio-pci and its variants (mlx5_vfio_pci, hisi_acc_vfio_pci, ...) set
+  // .driver_managed_dma = true, as do pci-stub and the PCIe port driver.
+  return driver == "pci-stub" || driver == "pcieport" || driver.find("vfio") != std::string::npos;
+}
+
+std::vector<GroupBlocker> group_blockers(const IommuGroup& g,
+                                         const std::vector<std::string>& passed,
+                                         const std::string& release) {
+  int major = 0, minor = 0;
+  std::sscanf(release.c_str(), "%d.%d", &major, &minor);
+  const bool dma_owner = major > 5 || (major == 5 && minor >= 19) || major == 0;
+  std::vector<GroupBlocker> out;
+  for (const auto& d : g.devices) {
+    const bool given = std::find(passed.begin(), passed.end(), d.address) != passed.end();
+    if (given) {
+      if (d.header_type && *d.header_type != 0) {
+        out.push_back({d, "has header type " + std::to_string(*d.header_type) +
+                              " (a bridge), which vfio-pci does not take"});
+      }
+      continue;
+    }
+    if (d.driver.empty()) continue;  // unbound: no driver uses its DMA
+    if (dma_owner) {
+      if (driver_managed_dma(d.driver)) continue;
+      out.push_back({d, "is bound to " + d.driver +
+                            (d.is_bridge() ? ", which does not leave DMA to the group's user "
+                                             "(kernel 5.19+ needs each member unbound or on "
+                                             "vfio-pci, pci-stub or pcieport)"
+                                           : " and not passed through")});
+    } else {
+      if (d.driver == "pci-stub" || d.driver.find("vfio") != std::string::npos) continue;
+      if (d.header_type ? *d.header_type != 0 : d.is_bridge()) continue;
+      out.push_back({d, "is bound to " + d.driver + " and not passed through"});
+    }
+  }
+  return out;
+}
 
 std::optional<std::string> normalize_pci_address(std::string_view text) {
   std::string s(text);
@@ -80,6 +122,8 @@ std::optional<PciDevice> read_pci_device(const HostFs& fs, const std::string& ad
     if (ec == std::errc() && p == n.data() + n.size()) d.iommu_group = g;
   }
   d.boot_vga = fs.read_trimmed(dir + "/boot_vga").value_or("0") == "1";
+  if (auto config = fs.read(dir + "/config"); config && config->size() > 0x0e)
+    d.header_type = static_cast<uint8_t>((*config)[0x0e]) & 0x7f;
   return d;
 }
 

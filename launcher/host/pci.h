@@ -31,11 +31,16 @@ struct PciDevice {
   std::string driver_override;  ///< "" when unset ("(null)" in sysfs)
   std::optional<int> iommu_group;
   bool boot_vga = false;
+  /// Config space byte 0x0e without the multi-function bit (0 normal, 1
+  /// PCI-PCI bridge, 2 CardBus bridge), read from the first bytes of
+  /// `config`; nullopt when that file is absent.
+  std::optional<uint8_t> header_type;
 
   /// "10de:1e07"
   std::string id() const;
-  /// PCI-to-PCI bridges (class 0604) and devices bound to pcieport stay with the
-  /// host; they never go to vfio-pci.
+  /// Bridges stay with the host; vfio-pci refuses them (vfio_pci_probe:
+  /// header type != PCI_HEADER_TYPE_NORMAL is -EINVAL). Decided by the
+  /// header type, by class 0604 or the pcieport driver where it is unknown.
   bool is_bridge() const;
   bool is_vga() const { return (class_code >> 8) == 0x0300; }
 };
@@ -56,6 +61,27 @@ std::vector<PciDevice> read_pci_devices(const HostFs& fs);
 std::vector<IommuGroup> read_iommu_groups(const HostFs& fs);
 /// The members of one group, sorted by address (empty when the group does not exist).
 std::vector<PciDevice> read_group_members(const HostFs& fs, int group);
+
+/// A member that keeps its IOMMU group from going to a VM, as the kernel
+/// decides it, and why.
+struct GroupBlocker {
+  PciDevice device;
+  std::string reason;  ///< "is bound to snd_hda_intel and not passed through"
+};
+
+/// Drivers that leave DMA ownership to the group's user (driver_managed_dma,
+/// kernel 5.19 on): vfio-pci and its variant drivers, pci-stub, pcieport.
+bool driver_managed_dma(const std::string& driver);
+
+/// Why group `g` cannot go to a VM that takes the devices `passed`, under the
+/// kernel `release` ("6.1.0-13-amd64"): from 5.19 on (iommu_group_claim_dma_owner,
+/// drivers/iommu/iommu.c) every member must be unbound or on a driver_managed_dma
+/// driver; before (vfio_dev_viable, drivers/vfio/vfio.c) unbound, vfio, pci-stub
+/// or header type != 0. A passed member must have header type 0 (vfio_pci_probe).
+/// Passed members are counted as on vfio-pci. Empty: viable.
+std::vector<GroupBlocker> group_blockers(const IommuGroup& g,
+                                         const std::vector<std::string>& passed,
+                                         const std::string& release);
 
 /// Names from the PCI ID database. Unknown ids fall back to the raw numbers,
 /// the way lspci does ("Device [8086:7a84]").

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <fstream>
 #include <thread>
 #include <type_traits>
 
@@ -107,8 +108,10 @@ class SystemdServices : public ServiceManager {
     return trim(systemctl({"show", "-p", "LoadState", "--value", unit}, true).output) !=
            "not-found";
   }
-  bool is_active(const std::string& unit) override {
-    return run_process({"systemctl", "is-active", "--quiet", unit}).status == 0;
+  // ActiveState itself, not `systemctl is-active`: that is false already
+  // while the unit is deactivating and its processes still run.
+  std::string active_state(const std::string& unit) override {
+    return trim(systemctl({"show", "-p", "ActiveState", "--value", unit}, true).output);
   }
   // --no-block: the job is queued and the caller waits with its own deadline
   // (wait_inactive), so a unit with a long TimeoutStopSec cannot stall us.
@@ -120,7 +123,56 @@ class SystemdServices : public ServiceManager {
   void set_allowed_cpus(const std::string& unit, const std::string& cpus) override {
     systemctl({"set-property", "--runtime", unit, "AllowedCPUs=" + cpus}, true);
   }
+  std::string unit_of(pid_t pid) override { return cgroup_unit(pid); }
+  // StartTransientUnit with PIDs= moves a running process into a new scope
+  // (what systemd-machined does for libvirt's VMs); the job is asynchronous,
+  // so wait until /proc/PID/cgroup shows the scope.
+  void move_to_scope(const std::string& scope, const std::string& slice, pid_t pid) override {
+    busctl({"StartTransientUnit", "ssa(sv)a(sa(sv))", scope, "fail", "3", "PIDs", "au", "1",
+            std::to_string(pid), "Slice", "s", slice, "Description", "s",
+            "passlaunch: the launcher and its QEMU", "0"});
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (cgroup_unit(pid) != scope) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        throw Error(Exit::kEnvironment,
+                    "process " + std::to_string(pid) + " did not move into " + scope +
+                        " within 10 s (it is in " + cgroup_unit(pid) + ")",
+                    "check `systemctl status " + scope + "`");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  void leave_scope(const std::string& scope, pid_t pid, const std::string& unit) override {
+    // A dead launcher left the scope already; an empty scope is collected.
+    if (cgroup_unit(pid) != scope) return;
+    busctl({"AttachProcessesToUnit", "ssau", unit, "", "1", std::to_string(pid)});
+  }
 
+ private:
+  /// Last component of the process's cgroup path (cgroup2 "0::" line, or the
+  /// name=systemd hierarchy on a v1-only host); "" when the process is gone.
+  static std::string cgroup_unit(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cgroup");
+    std::string line, v2, named;
+    while (std::getline(in, line)) {
+      if (line.starts_with("0::")) v2 = line.substr(3);
+      if (line.find(":name=systemd:") != std::string::npos)
+        named = line.substr(line.find(":name=systemd:") + 14);
+    }
+    std::string path = !v2.empty() && v2 != "/" ? v2 : named;
+    return path.empty() ? "" : path.substr(path.rfind('/') + 1);
+  }
+  static void busctl(std::vector<std::string> args) {
+    args.insert(args.begin(), {"busctl", "call", "org.freedesktop.systemd1",
+                               "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager"});
+    ProcessResult r = run_process(args);
+    if (r.status != 0) {
+      throw Error(Exit::kFailed, "`" + join(args, " ") + "` failed (status " +
+                                     std::to_string(r.status) + "): " + trim(r.output));
+    }
+  }
+
+ public:
  private:
   static ProcessResult systemctl(std::vector<std::string> args, bool must_succeed) {
     args.insert(args.begin(), "systemctl");
@@ -147,6 +199,7 @@ struct KmodApi {
   decltype(&kmod_module_unref) module_unref;
   decltype(&kmod_module_unref_list) module_unref_list;
   decltype(&kmod_module_get_dependencies) get_dependencies;
+  decltype(&kmod_module_get_softdeps) get_softdeps;
   decltype(&kmod_module_get_module) get_module;
   decltype(&kmod_module_get_name) get_name;
   decltype(&kmod_list_next) list_next;
@@ -177,6 +230,7 @@ struct KmodApi {
     sym(a.module_unref, "kmod_module_unref");
     sym(a.module_unref_list, "kmod_module_unref_list");
     sym(a.get_dependencies, "kmod_module_get_dependencies");
+    sym(a.get_softdeps, "kmod_module_get_softdeps");
     sym(a.get_module, "kmod_module_get_module");
     sym(a.get_name, "kmod_module_get_name");
     sym(a.list_next, "kmod_list_next");
@@ -210,12 +264,12 @@ class KmodLoader : public ModuleLoader {
     k.module_unref(mod);
     return rc < 0 ? -rc : 0;
   }
-  std::vector<std::string> dependencies(const std::string& name) override {
+  std::vector<std::string> load_order(const std::string& name) override {
     const KmodApi& k = KmodApi::get();
     std::vector<std::string> out;
     kmod_module* mod = nullptr;
     if (k.module_new_from_name(ctx(), name.c_str(), &mod) < 0) return out;
-    add_deps(k, mod, out);
+    add_module(k, mod, out);
     k.module_unref(mod);
     return out;
   }
@@ -230,17 +284,33 @@ class KmodLoader : public ModuleLoader {
     }
     return ctx_;
   }
-  // Depth first, so a dependency comes before the modules that need it.
-  static void add_deps(const KmodApi& k, kmod_module* mod, std::vector<std::string>& out) {
+  // As libkmod builds modprobe's probe list: for each module, its "pre:"
+  // soft dependencies, its hard dependencies (depth first), the module, then
+  // its "post:" soft dependencies. A soft dependency that is not installed
+  // (vfio_iommu_spapr_tce on x86) resolves to nothing and is skipped.
+  static void add_module(const KmodApi& k, kmod_module* mod, std::vector<std::string>& out) {
+    const std::string n = k.get_name(mod);
+    if (std::find(out.begin(), out.end(), n) != out.end()) return;
+    kmod_list *pre = nullptr, *post = nullptr;
+    k.get_softdeps(mod, &pre, &post);
+    add_list(k, pre, out);
     kmod_list* deps = k.get_dependencies(mod);
     for (kmod_list* it = deps; it != nullptr; it = k.list_next(deps, it)) {
       kmod_module* dep = k.get_module(it);
-      add_deps(k, dep, out);
-      std::string n = k.get_name(dep);
-      if (std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+      add_module(k, dep, out);
       k.module_unref(dep);
     }
     k.module_unref_list(deps);
+    if (std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+    add_list(k, post, out);
+  }
+  static void add_list(const KmodApi& k, kmod_list* list, std::vector<std::string>& out) {
+    for (kmod_list* it = list; it != nullptr; it = k.list_next(list, it)) {
+      kmod_module* m = k.get_module(it);
+      add_module(k, m, out);
+      k.module_unref(m);
+    }
+    if (list) k.module_unref_list(list);
   }
   std::string dir_;
   kmod_ctx* ctx_ = nullptr;
