@@ -244,7 +244,8 @@ void Importer::map_memory(xml_node dom) {
   auto bytes = memory_bytes(mem);
   carried_attr(mem, "unit", "/memory/size_mib");
   if (!bytes) return;
-  uint64_t mib = *bytes >> 20;
+  // Rounded up to whole MiB, as libvirt does for -m.
+  uint64_t mib = (*bytes + (1 << 20) - 1) >> 20;
   if (mib == 0) {
     problem(mem, "<memory>: less than 1 MiB");
     return;
@@ -261,7 +262,7 @@ void Importer::map_memory(xml_node dom) {
   for (xml_node cur : dom.children("currentMemory")) {
     auto cb = memory_bytes(cur);
     carried_attr(cur, "unit");
-    if (cb && *cb >> 20 == mib) {
+    if (cb && (*cb + (1 << 20) - 1) >> 20 == mib) {
       carried(cur, "/memory/size_mib");
     } else if (cb) {
       t_.changed(cur, "/memory/size_mib",
@@ -321,6 +322,7 @@ void Importer::map_cpus(xml_node dom) {
     auto n = number(vcpu, vcpu.text().get(), "value", 1024);
     if (n && *n == 0) problem(vcpu, "<vcpu>: at least 1");
     if (n) vcpus_ = int(*n);
+    if (!n) vcpus_ = 1024;  // unknown: no range errors that follow from it
     p_.set("/cpu/vcpus", vcpus_, "<vcpu>");
     carried(vcpu, "/cpu/vcpus");
     if (xml_attribute pl = vcpu.attribute("placement")) {
@@ -339,19 +341,11 @@ void Importer::map_cpus(xml_node dom) {
                        std::to_string(*cur) + ")");
       }
     }
-    if (vcpu.attribute("cpuset")) {
-      auto set = cpuset(vcpu);
-      if (set && !dom.child("cputune").child("emulatorpin")) {
-        p_.set("/pinning/emulator", format_cpulist(*set),
-               "<vcpu cpuset>, libvirt's default "
-               "for the emulator");
-        t_.changed(vcpu.attribute("cpuset"), vcpu, "/pinning/emulator",
-                   "the emulator threads keep this set; vCPUs without a <vcpupin> are not pinned",
-                   false);
-      } else {
-        dropped_attr(vcpu, "cpuset", "every vCPU has a <vcpupin> and <emulatorpin> is given");
-      }
-    }
+    if (vcpu.attribute("cpuset") && !cpuset(vcpu)) return;
+    dropped_attr(vcpu, "cpuset",
+                 "a CPU set for the vCPUs without <vcpupin> and the emulator: a profile pins "
+                 "each vCPU to one CPU or none",
+                 false);
   }
   for (xml_node v : dom.children("vcpus")) {
     t_.dropped_all(v, "per-vCPU hotplug state: every vCPU is online at boot", false);
@@ -761,10 +755,8 @@ void Importer::map_features(xml_node dom) {
 void Importer::map_cpu(xml_node dom) {
   xml_node cpu = dom.child("cpu");
   if (!cpu) {
-    p_.set("/cpu/model", "host", "the domain has no <cpu>: host-passthrough");
-    added_.push_back({"/cpu/model",
-                      "no <cpu>: libvirt's default model is qemu64; passlaunch's "
-                      "is host-passthrough"});
+    p_.set("/cpu/model", "qemu64", "the domain has no <cpu>: libvirt's default, qemu64");
+    added_.push_back({"/cpu/model", "no <cpu>: libvirt's default model, qemu64"});
     return;
   }
   carried(cpu);
@@ -1158,6 +1150,7 @@ void Importer::map_hostdev(xml_node hd) {
     for (xml_node dr : hd.children("driver")) {
       if (is(dr.attribute("name").value(), "vfio") || !dr.attribute("name")) {
         t_.carried_all(dr, ptr);
+        dropped_attr(dr, "model", "a vfio-pci variant driver: passlaunch binds vfio-pci", false);
       } else {
         t_.dropped_all(dr, "legacy KVM device assignment: passlaunch uses vfio", false);
       }
@@ -1374,6 +1367,26 @@ void Importer::map_commandline(xml_node cmd) {
 
 void Importer::add_host_section() {
   if (!p_.has("/devices") || !o_.host) return;
+  // Each passed device's IOMMU group must be viable: its other endpoints are
+  // bound to vfio-pci with it (libvirt left that to the user's vfio.conf).
+  std::vector<std::string> listed;
+  for (const auto& d : p_.json["devices"]) listed.push_back(d["address"].get<std::string>());
+  for (const std::string& addr : std::vector<std::string>(listed)) {
+    auto dev = host::read_pci_device(*o_.host, addr);
+    if (!dev || !dev->iommu_group) continue;
+    for (const host::PciDevice& m : host::read_group_members(*o_.host, *dev->iommu_group)) {
+      if (m.is_bridge() || (m.class_code >> 16) == 0x06) continue;
+      if (std::find(listed.begin(), listed.end(), m.address) != listed.end()) continue;
+      listed.push_back(m.address);
+      std::string ptr =
+          p_.push("/devices", ojson{{"type", "vfio"}, {"address", m.address}, {"attach", false}},
+                  "from the host: in IOMMU group " + std::to_string(*dev->iommu_group) + " with " +
+                      addr + ", bound to vfio-pci with it but not given to the guest");
+      added_.push_back({ptr, "no <hostdev>: " + m.address + " shares IOMMU group " +
+                                 std::to_string(*dev->iommu_group) + " with " + addr +
+                                 " on this host, so it is bound to vfio-pci too (attach: false)"});
+    }
+  }
   // The GPU: the first passed function that is a display controller on this host.
   std::string gpu;
   for (const auto& d : p_.json["devices"]) {
@@ -1432,6 +1445,25 @@ ImportResult Importer::run() {
   for (xml_node s : dom.children("sysinfo")) {
     t_.dropped_all(s, "SMBIOS strings: not held by a profile", true);
   }
+  if (p_.has("/devices")) {
+    // Passthrough needs KVM and q35 here; libvirt also allowed i440fx.
+    if (p_.json.value("machine", "q35") == "pc") {
+      p_.set("/machine", "q35", "passthrough needs q35 (the domain has i440fx)");
+      xml_node type = dom.child("os").child("type");
+      t_.changed(type.attribute("machine"), type, "/machine",
+                 "q35: passlaunch puts each passed-through device behind a PCIe root port", true);
+    }
+    if (p_.json.value("accel", "kvm") == "tcg") {
+      p_.set("/accel", "kvm", "passthrough needs KVM (the domain has type='qemu')");
+      t_.changed(dom.attribute("type"), dom, "/accel", "KVM: VFIO passthrough needs it", false);
+    }
+  }
+  if (p_.json.value("accel", "kvm") == "tcg" && p_.json["cpu"].value("model", "") == "host") {
+    p_.set("/cpu/model", "max", "host-passthrough under TCG is QEMU's max model");
+    xml_node cpu = dom.child("cpu");
+    t_.changed(cpu.attribute("mode"), cpu, "/cpu/model",
+               "QEMU's max model: host-passthrough needs KVM and the domain has type='qemu'", true);
+  }
   if (!problems_.empty()) {
     std::string msg = file_ + ": " + std::to_string(problems_.size()) +
                       (problems_.size() == 1 ? " problem" : " problems") + " in the domain:";
@@ -1439,7 +1471,9 @@ ImportResult Importer::run() {
     throw Error(Exit::kUsage, msg);
   }
   add_host_section();
-  if (!p_.has("/cpu/model")) p_.set("/cpu/model", "host");
+  if (!p_.has("/cpu/model")) {
+    p_.set("/cpu/model", "qemu64", "<cpu> names no model: libvirt's default, qemu64");
+  }
   if (!p_.has("/machine")) p_.set("/machine", "q35");
   p_.header = "Imported from " + file_ +
               " by `passlaunch import libvirt`.\n"
