@@ -599,6 +599,32 @@ TEST(Import, SeedDomainOnTheSeedShapedHostIsTheSeedsProfile) {
   EXPECT_TRUE(said);
 }
 
+// `import -o VM.json && run VM.json --dry-run`: the only errors are the files
+// the domain names that do not exist on this machine, all reported at once.
+TEST(Import, DryRunOfAnImportedProfileFailsOnlyOnMissingFiles) {
+  for (const char* name :
+       {"seed-win11.xml", "win10-gaming.xml", "linux-amd.xml", "win11-lookingglass.xml"}) {
+    SCOPED_TRACE(name);
+    test::TempDir dir;
+    auto [rc, out] =
+        test::capture({PL_PASSLAUNCH, "import", "libvirt", (kDir / name).string(), "-o",
+                       dir.path("vm.json"), "--host-root", (kDir / "host").string()});
+    ASSERT_EQ(rc, 0) << out;
+    auto dry = test::capture({PL_PASSLAUNCH, "run", dir.path("vm.json"), "--dry-run"});
+    if (dry.first == 0) {
+      EXPECT_NE(dry.second.find("qemu-system-x86_64"), std::string::npos) << dry.second;
+      continue;
+    }
+    EXPECT_EQ(dry.first, 2) << dry.second;
+    std::stringstream lines(dry.second);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.starts_with("  " + dir.path("vm.json") + ": /")) {
+        EXPECT_NE(line.find("file not found"), std::string::npos) << line;
+      }
+    }
+  }
+}
+
 // ---- QEMU accepts what an imported profile builds ----
 
 /// The imported profile made runnable here, as the argv tests do: hostdevs
