@@ -11,7 +11,7 @@ PL_PACKAGES=(
   libpci-dev pci.ids libnl-route-3-dev libkmod-dev libpugixml-dev
   qemu-system-x86 qemu-utils ovmf
   linux-image-cloud-amd64 busybox-static cpio gzip
-  fakeroot
+  fakeroot qemu-guest-agent mtools xorriso
   iproute2 kmod procps systemd util-linux bsdutils swtpm
 )
 
