@@ -3,6 +3,9 @@
 #include "profile/argv.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -11,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/text.h"
+#include "run/facts.h"
 #include "test_util.h"
 
 namespace pl {
@@ -240,6 +244,444 @@ TEST(ArgvQemu, QemuAcceptsEveryPanicModel) {
   }
 }
 
+// --- Fields for real gaming VMs (issue 13) ----------------------------------
+
+/// The argv of a small KVM profile with `extra` top-level members, joined by spaces.
+std::string argv_with(const std::string& extra, HostFacts* facts = nullptr) {
+  Profile p = parse_profile(
+      R"({"name": "t", "accel": "kvm", "memory": {"size_mib": 256}, "cpu": {"vcpus": 1}, )" +
+          extra + "}",
+      "p.json", ProfileChecks{.files = false});
+  HostFacts f = facts ? *facts : golden_facts(p);
+  return join(build_qemu_argv(p, f), " ");
+}
+
+TEST(Argv, CdromsAndSataDisksUseTheQ35AhciPorts) {
+  std::string a = argv_with(R"("disks": [{"path": "/w.iso", "media": "cdrom", "boot_index": 0},
+      {"path": "/d.raw", "interface": "sata", "boot_index": 1}, {"media": "cdrom"}])");
+  EXPECT_NE(a.find("-blockdev driver=file,node-name=disk0-file,filename=/w.iso,read-only=on "
+                   "-blockdev driver=raw,node-name=disk0,file=disk0-file,read-only=on "
+                   "-device ide-cd,bus=ide.0,drive=disk0,id=disk0-dev,bootindex=0 "),
+            std::string::npos)
+      << a;
+  EXPECT_NE(a.find("-device ide-hd,bus=ide.1,drive=disk1,id=disk1-dev,serial=" +
+                   default_disk_serial("t", 1) + ",bootindex=1 "),
+            std::string::npos)
+      << a;
+  EXPECT_NE(a.find("-device ide-cd,bus=ide.2,id=disk2-dev"), std::string::npos) << a;
+  EXPECT_EQ(a.find("ich9-ahci"), std::string::npos) << "q35 has its own AHCI controller";
+  std::string pc =
+      argv_with(R"("machine": "pc-i440fx-7.2", "disks": [{"path": "/w.iso", "media": "cdrom"}])");
+  EXPECT_NE(pc.find("-machine pc-i440fx-7.2 "), std::string::npos) << pc;
+  EXPECT_NE(pc.find("-device ich9-ahci,id=sata0 "), std::string::npos) << pc;
+  EXPECT_NE(pc.find("-device ide-cd,bus=sata0.0,drive=disk0,id=disk0-dev"), std::string::npos)
+      << pc;
+}
+
+TEST(Argv, DiskCacheModesMapToBlockdevAndWriteCache) {
+  struct Case {
+    const char* cache;
+    const char* node;
+    const char* wce;
+  };
+  for (const Case& c : {Case{"none", "cache.direct=on,cache.no-flush=off", "on"},
+                        Case{"writeback", "cache.direct=off,cache.no-flush=off", "on"},
+                        Case{"writethrough", "cache.direct=off,cache.no-flush=off", "off"},
+                        Case{"directsync", "cache.direct=on,cache.no-flush=off", "off"},
+                        Case{"unsafe", "cache.direct=off,cache.no-flush=on", "on"}}) {
+    std::string a = argv_with(std::string(R"("disks": [{"path": "/d.raw", "cache": ")") + c.cache +
+                              R"(", "aio": "io_uring", "discard": "ignore", "serial": "S1"}])");
+    EXPECT_NE(a.find(std::string("filename=/d.raw,read-only=off,discard=ignore,") + c.node +
+                     ",aio=io_uring "),
+              std::string::npos)
+        << a;
+    EXPECT_NE(a.find(std::string("virtio-blk-pci,drive=disk0,id=disk0-dev,serial=S1,write-cache=") +
+                     c.wce),
+              std::string::npos)
+        << a;
+  }
+}
+
+TEST(Argv, ScsiDisksShareOneControllerOnTheirIothread) {
+  std::string a = argv_with(R"("pinning": {"iothreads": [{"id": "io1"}]},
+      "disks": [{"path": "/a.raw", "interface": "scsi"}, {"path": "/b.raw", "interface": "scsi", "iothread": "io1"},
+                {"path": "/c.iso", "media": "cdrom", "interface": "scsi"}])");
+  EXPECT_NE(a.find("-device virtio-scsi-pci,id=scsi0,iothread=io1 "), std::string::npos) << a;
+  EXPECT_NE(a.find("-device scsi-hd,bus=scsi0.0,drive=disk0,id=disk0-dev,serial="),
+            std::string::npos)
+      << a;
+  EXPECT_NE(a.find("-device scsi-cd,bus=scsi0.0,drive=disk2,id=disk2-dev"), std::string::npos) << a;
+  EXPECT_EQ(a.find("virtio-scsi-pci", a.find("virtio-scsi-pci") + 1), std::string::npos) << a;
+}
+
+TEST(Argv, NoDiskIsSerialNumberedAfterAVirtualMachine) {
+  std::string a =
+      argv_with(R"("disks": [{"path": "/a.raw", "interface": "nvme"}, {"path": "/b.raw"}])");
+  EXPECT_EQ(a.find("serial=disk"), std::string::npos) << a;
+  EXPECT_NE(a.find("nvme,drive=disk0,id=disk0-dev,serial=" + default_disk_serial("t", 0)),
+            std::string::npos)
+      << a;
+}
+
+TEST(Argv, SecureBootTurnsOnSmmAndProtectsTheVarstore) {
+  std::string a = argv_with(
+      R"("firmware": {"type": "ovmf", "code": "/c.fd", "vars_template": "/v.fd", "secure_boot": true})");
+  EXPECT_NE(a.find("-machine q35,smm=on "), std::string::npos) << a;
+  EXPECT_NE(a.find("-global driver=cfi.pflash01,property=secure,value=on -drive if=pflash"),
+            std::string::npos)
+      << a;
+  std::string off =
+      argv_with(R"("firmware": {"type": "ovmf", "code": "/c.fd", "vars_template": "/v.fd"})");
+  EXPECT_EQ(off.find("smm"), std::string::npos) << off;
+}
+
+TEST(Argv, HypervFeaturesOverrideTheUsualSetAndPassthroughComesFirst) {
+  std::string a =
+      argv_with(R"("cpu": {"vcpus": 1, "hyperv": {"mode": "passthrough", "enlightenments": true,
+      "features": {"hv-vapic": false, "hv-evmcs": true, "hv-spinlocks": 4095}}})");
+  EXPECT_NE(a.find("-cpu host,hv-passthrough=on,hv-relaxed=on,hv-vapic=off,hv-spinlocks=0xfff,"),
+            std::string::npos)
+      << a;
+  EXPECT_NE(a.find(",hv-time=on,hv-evmcs=on "), std::string::npos) << a;
+}
+
+TEST(Argv, MemoryLockedSharedAndHugepageMount) {
+  std::string a = argv_with(R"("memory": {"size_mib": 256, "shared": true, "locked": true})");
+  EXPECT_NE(a.find("-machine q35,memory-backend=mem0 "), std::string::npos) << a;
+  EXPECT_NE(
+      a.find("-object memory-backend-memfd,id=mem0,size=256M,share=on -overcommit mem-lock=on"),
+      std::string::npos)
+      << a;
+  Profile p = parse_profile(R"({"name": "t", "memory": {"size_mib": 2048, "hugepage_size": "1G"},
+                               "cpu": {"model": "max", "vcpus": 1}})",
+                            "p.json", ProfileChecks{.files = false});
+  HostFacts f = golden_facts(p);
+  f.hugepage_path = "/dev/hugepages1G";
+  std::string h = join(build_qemu_argv(p, f), " ");
+  EXPECT_NE(h.find("memory-backend-file,id=mem0,size=2048M,mem-path=/dev/hugepages1G,prealloc=on "),
+            std::string::npos)
+      << h;
+}
+
+TEST(Argv, HugetlbfsMountOfThePageSize) {
+  const char* mounts =
+      "proc /proc proc rw 0 0\n"
+      "hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
+      "none /mnt/huge1g hugetlbfs rw,relatime,pagesize=1024M,pagesize=1G 0 0\n";
+  EXPECT_EQ(hugetlbfs_mount(mounts, 2), "/dev/hugepages");
+  EXPECT_EQ(hugetlbfs_mount(mounts, 1024), "/mnt/huge1g");
+  EXPECT_EQ(hugetlbfs_mount("none /h hugetlbfs rw 0 0\n", 2), "/h") << "no pagesize= is 2M";
+  EXPECT_EQ(hugetlbfs_mount("none /h hugetlbfs rw 0 0\n", 1024), "");
+}
+
+TEST(Argv, VfioOptionsAndBootIndex) {
+  std::string a =
+      argv_with(R"("devices": [{"type": "vfio", "address": "0000:01:00.0", "rombar": false,
+      "x_vga": true, "boot_index": 4, "ids": {"vendor": "10de", "device": "1e87", "sub_vendor": "1462", "sub_device": "3721"}}])");
+  EXPECT_NE(a.find("vfio-pci,host=0000:01:00.0,id=hostdev0,bus=rp0,addr=0x0.0,rombar=0,x-vga=on,"
+                   "x-pci-vendor-id=0x10de,x-pci-device-id=0x1e87,x-pci-sub-vendor-id=0x1462,"
+                   "x-pci-sub-device-id=0x3721,bootindex=4"),
+            std::string::npos)
+      << a;
+}
+
+TEST(Argv, MachineToggleAndClocks) {
+  std::string a = argv_with(
+      R"("machine": "pc-q35-7.2", "platform": {"vmport": false, "kernel_irqchip": "split"},
+      "clock": {"hpet": false, "rtc_driftfix": "slew", "pit_lost_tick_policy": "delay"}, "rtc": "localtime")");
+  EXPECT_NE(a.find("-machine pc-q35-7.2,hpet=off,vmport=off,kernel_irqchip=split "),
+            std::string::npos)
+      << a;
+  EXPECT_NE(a.find("-rtc base=localtime,driftfix=slew -global kvm-pit.lost_tick_policy=delay "),
+            std::string::npos)
+      << a;
+}
+
+TEST(Argv, DisplaysOnUnixSocketsUnlessAskedForTcp) {
+  std::string vnc = argv_with(R"("display": {"type": "vnc"})");
+  EXPECT_NE(vnc.find("-display none"), std::string::npos) << vnc;
+  EXPECT_NE(vnc.find("-device VGA,id=video0 -vnc unix:/run/passlaunch/t/vnc.sock"),
+            std::string::npos)
+      << vnc;
+  std::string tcp =
+      argv_with(R"("display": {"type": "vnc", "listen": "127.0.0.1:5901", "vga": "virtio"})");
+  EXPECT_NE(tcp.find("-device virtio-vga,id=video0 -vnc 127.0.0.1:1"), std::string::npos) << tcp;
+  std::string spice = argv_with(R"("display": {"type": "spice", "vga": "qxl"})");
+  EXPECT_NE(spice.find("-device qxl-vga,id=video0 -spice unix=on,addr=/run/passlaunch/t/spice.sock,"
+                       "disable-ticketing=on"),
+            std::string::npos)
+      << spice;
+  std::string spice_tcp = argv_with(R"("display": {"type": "spice", "listen": "127.0.0.1:5930"})");
+  EXPECT_NE(spice_tcp.find("-spice addr=127.0.0.1,port=5930,disable-ticketing=on"),
+            std::string::npos)
+      << spice_tcp;
+  EXPECT_EQ(argv_with("\"rtc\": \"utc\"").find("VGA"), std::string::npos);
+}
+
+TEST(Argv, SoundGuestAgentShmemAndSmbios) {
+  std::string a = argv_with(
+      R"("sound": {"backend": "pa", "server": "unix:/run/user/1000/pulse/native", "model": "hda", "codec": "output"},
+      "guest_agent": true, "shmem": {"name": "looking-glass", "size_mib": 64},
+      "smbios": {"mode": "explicit", "bios": {"vendor": "AMI, Inc."}, "system": {"manufacturer": "ASUS"}})");
+  EXPECT_NE(a.find("-audiodev pa,id=snd0,server=unix:/run/user/1000/pulse/native -device "
+                   "intel-hda,id=sound0 "
+                   "-device hda-output,id=sound0-codec,bus=sound0.0,audiodev=snd0"),
+            std::string::npos)
+      << a;
+  EXPECT_NE(
+      a.find(
+          "-chardev socket,id=qga0,path=/run/passlaunch/t/qga.sock,server=on,wait=off "
+          "-device virtio-serial-pci,id=virtio-serial0 -device virtserialport,bus=virtio-serial0.0,"
+          "chardev=qga0,name=org.qemu.guest_agent.0"),
+      std::string::npos)
+      << a;
+  EXPECT_NE(
+      a.find(
+          "-object memory-backend-file,id=shmem0,mem-path=/dev/shm/looking-glass,size=64M,share=on "
+          "-device ivshmem-plain,memdev=shmem0,id=shmem0-dev"),
+      std::string::npos)
+      << a;
+  EXPECT_NE(a.find("-smbios type=0,vendor=AMI,, Inc. -smbios type=1,manufacturer=ASUS "),
+            std::string::npos)
+      << a;
+  HostFacts f;
+  f.runtime_dir = "/run/passlaunch/t";
+  f.accel = Accel::kKvm;
+  f.smbios_files = {"/run/passlaunch/t/smbios-type0.bin", "/run/passlaunch/t/smbios-type1.bin"};
+  std::string host = argv_with(R"("smbios": {"mode": "host"})", &f);
+  EXPECT_NE(host.find("-smbios file=/run/passlaunch/t/smbios-type0.bin -smbios "
+                      "file=/run/passlaunch/t/smbios-type1.bin "),
+            std::string::npos)
+      << host;
+}
+
+TEST(Argv, QemuArgsComeLastVerbatim) {
+  Profile p = parse_profile(
+      R"({"name": "t", "memory": {"size_mib": 64}, "cpu": {"model": "max", "vcpus": 1},
+      "qemu_args": ["-global", "ICH9-LPC.disable_s3=1", "-no-reboot"]})",
+      "p.json", ProfileChecks{.files = false});
+  auto argv = build_qemu_argv(p, golden_facts(p));
+  ASSERT_GE(argv.size(), 3u);
+  EXPECT_EQ(std::vector<std::string>(argv.end() - 3, argv.end()),
+            (std::vector<std::string>{"-global", "ICH9-LPC.disable_s3=1", "-no-reboot"}));
+  EXPECT_EQ(qemu_args_tail(p), 3u);
+}
+
+/// A synthetic SMBIOS structure: type, formatted area of `len` bytes, strings.
+std::string smbios_struct(int type, int len, std::vector<std::string> strings) {
+  std::string s(static_cast<size_t>(len), '\0');
+  s[0] = static_cast<char>(type);
+  s[1] = static_cast<char>(len);
+  s[2] = static_cast<char>(type + 0x10);
+  for (size_t i = 4; i < s.size(); ++i) s[i] = static_cast<char>(i);
+  for (const std::string& str : strings) s += str + std::string(1, '\0');
+  if (strings.empty()) s += std::string(1, '\0');
+  return s + std::string(1, '\0');
+}
+
+TEST(Facts, SmbiosStructuresOfTheWantedTypesUpToTheEnd) {
+  std::string t0 = smbios_struct(0, 0x18, {"American Megatrends", "F21"});
+  std::string t1 = smbios_struct(1, 0x1b, {"Micro-Star", "MS-7C56"});
+  std::string t4 = smbios_struct(4, 0x30, {"CPU"});
+  std::string t3 = smbios_struct(3, 0x16, {});
+  std::string end = smbios_struct(127, 4, {});
+  std::string after = smbios_struct(2, 0x0f, {"never"});
+  auto got = smbios_structures(t0 + t4 + t1 + t3 + end + after, {0, 1, 2, 3});
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0], (std::pair<int, std::string>{0, t0}));
+  EXPECT_EQ(got[1], (std::pair<int, std::string>{1, t1}));
+  EXPECT_EQ(got[2], (std::pair<int, std::string>{3, t3}));
+  EXPECT_THROW(smbios_structures(t0.substr(0, t0.size() - 3), {0}), Error);
+  EXPECT_THROW(smbios_structures(std::string("\x00\x02\x00\x00\x00\x00", 6), {0}), Error);
+}
+
+TEST(Facts, SmbiosHostModeListsACopyPerStructure) {
+  test::TempDir root;
+  fs::create_directories(root.path() + "/sys/firmware/dmi/tables");
+  std::ofstream(root.path() + kHostDmiTable, std::ios::binary)
+      << smbios_struct(0, 0x18, {"AMI"}) + smbios_struct(1, 0x1b, {"MSI"}) +
+             smbios_struct(17, 0x28, {"DIMM"}) + smbios_struct(17, 0x28, {"DIMM"}) +
+             smbios_struct(127, 4, {});
+  Profile p = parse_profile(
+      R"({"name": "t", "memory": {"size_mib": 64}, "cpu": {"model": "max", "vcpus": 1},
+      "smbios": {"mode": "host"}})",
+      "p.json", ProfileChecks{.files = false});
+  HostFacts f = probe_host_facts(p, root.path());
+  EXPECT_EQ(f.smbios_files, (std::vector<std::string>{f.runtime_dir + "/smbios-type0.bin",
+                                                      f.runtime_dir + "/smbios-type1.bin"}));
+  test::TempDir empty;
+  try {
+    probe_host_facts(p, empty.path());
+    ADD_FAILURE() << "a host without DMI tables was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Exit::kEnvironment);
+    EXPECT_NE(
+        std::string(e.what()).find("p.json: /smbios/mode: \"host\" needs the host's SMBIOS table"),
+        std::string::npos)
+        << e.what();
+  }
+}
+
+// --- Real QEMU: every new field accepted --------------------------------------
+
+/// The everything profile as QEMU on this machine can start it: no host
+/// devices (vfio, evdev, taps, TPM), real image files, the Secure Boot OVMF.
+struct EverythingHere {
+  test::TempDir dir;
+  Profile p;
+  HostFacts f;
+  std::string shm;
+  bool kvm = test::kvm_works();
+
+  EverythingHere() {
+    p = load_profile(std::string(PL_SOURCE_DIR) + "/tests/profiles/everything.json",
+                     ProfileChecks{.files = false});
+    p.devices.clear();
+    p.evdev.clear();
+    p.tpm_state_dir.clear();
+    std::erase_if(p.network, [](const NetDevice& n) { return n.type != NetDevice::Type::kUser; });
+    p.memory_mib = 64;
+    p.hugepages = false;  // ArgvQemu.HugepagesFromAHugetlbfsMount covers them
+    for (size_t i = 0; i < p.disks.size(); ++i) {
+      Disk& d = p.disks[i];
+      if (d.path.empty()) continue;
+      d.path =
+          dir.path("disk" + std::to_string(i) + "," + (d.format == "qcow2" ? ".qcow2" : ".img"));
+      EXPECT_EQ(test::run_command({"qemu-img", "create", "-q", "-f", d.format, d.path, "16M"}), 0);
+    }
+    p.firmware.code = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+    f = golden_facts(p);
+    f.runtime_dir = dir.path();
+    f.ovmf_vars = dir.path("vars.fd");
+    fs::copy_file("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", f.ovmf_vars);
+    // A /dev/shm name of our own: other tests run at the same time.
+    p.shmem.at(0).name = "pl-test-everything-" + std::to_string(::getpid());
+    shm = f.shm_dir + "/" + p.shmem[0].name;
+    std::ofstream(shm).close();
+    fs::resize_file(shm, p.shmem[0].size_mib << 20);
+    if (!kvm) {  // what only KVM has
+      p.accel = Accel::kTcg;
+      f.accel = Accel::kTcg;
+      p.cpu.model = "max";
+      p.cpu.cache_passthrough = false;
+      p.cpu.hyperv = {};
+      p.cpu.features = {};
+      p.platform.kernel_irqchip.clear();
+    }
+  }
+  ~EverythingHere() { fs::remove(shm); }
+};
+
+TEST(ArgvQemu, QemuAcceptsTheEverythingProfile) {
+  EverythingHere e;
+  test::Qemu qemu(build_qemu_argv(e.p, e.f));
+  EXPECT_EQ(qemu.query_status(), "prelaunch") << qemu.stderr_text();
+  std::string tree = qemu.qmp(
+      R"({"execute": "human-monitor-command", "arguments": {"command-line": "info qtree"}})");
+  for (const char* dev :
+       {"dev: ide-cd, id \"disk2-dev\"", "dev: ide-hd, id \"disk4-dev\"",
+        "dev: scsi-hd, id \"disk5-dev\"", "dev: scsi-cd, id \"disk6-dev\"",
+        "dev: virtio-scsi-pci, id \"scsi0\"", "dev: VGA, id \"video0\"",
+        "dev: ich9-intel-hda, id \"sound0\"", "dev: hda-duplex, id \"sound0-codec\"",
+        "dev: ivshmem-plain, id \"shmem0-dev\"", "dev: virtserialport, id \"\"",
+        "dev: nvme, id \"disk1-dev\""}) {
+    EXPECT_NE(tree.find(dev), std::string::npos) << dev;
+  }
+  EXPECT_NE(tree.find("physical_block_size = 4096"), std::string::npos) << "qemu_args -set applied";
+  auto qom = [&](const std::string& path, const std::string& prop) {
+    return qemu.qmp(R"({"execute": "qom-get", "arguments": {"path": ")" + path +
+                    R"(", "property": ")" + prop + R"("}})");
+  };
+  EXPECT_EQ(qom("/machine/peripheral/disk2-dev", "bootindex"), R"({"return":0})");
+  EXPECT_EQ(qom("/machine/peripheral/disk0-dev", "bootindex"), R"({"return":1})");
+  EXPECT_EQ(qom("/machine/peripheral/net2-dev", "bootindex"), R"({"return":3})");
+  EXPECT_EQ(qom("/machine", "smm"), R"({"return":"on"})");
+  EXPECT_EQ(qom("/machine", "hpet"), R"({"return":false})");
+  EXPECT_EQ(qom("/machine", "vmport"), R"({"return":"off"})");
+  EXPECT_EQ(qom("/machine/peripheral/disk4-dev", "serial"), R"({"return":"WD-WX12A3456789"})");
+  if (e.kvm) {
+    std::string cpus = qemu.qmp(R"({"execute": "query-cpus-fast"})");
+    auto cpu = nlohmann::json::parse(cpus)["return"][0]["qom-path"].get<std::string>();
+    EXPECT_EQ(qom(cpu, "hv-stimer-direct"), R"({"return":true})");
+    EXPECT_EQ(qom(cpu, "hv-vapic"), R"({"return":false})");
+    EXPECT_EQ(qom(cpu, "host-cache-info"), R"({"return":true})");
+  }
+  std::string block = qemu.qmp(R"({"execute": "query-block"})");
+  EXPECT_NE(block.find("disk3,.img"), std::string::npos) << block;
+  // The display and the agent listen on Unix sockets in the runtime dir.
+  EXPECT_TRUE(fs::is_socket(e.dir.path("vnc.sock")));
+  EXPECT_TRUE(fs::is_socket(e.dir.path("qga.sock")));
+  std::string vnc = qemu.qmp(R"({"execute": "query-vnc"})");
+  EXPECT_NE(vnc.find(R"("family":"unix")"), std::string::npos) << vnc;
+}
+
+TEST(ArgvQemu, QemuAcceptsSpiceAndPassthroughHyperv) {
+  test::TempDir dir;
+  bool kvm = test::kvm_works();
+  Profile p = parse_profile(std::string(R"({"name": "spice", "accel": ")") + (kvm ? "kvm" : "tcg") +
+                                R"(", "memory": {"size_mib": 64, "shared": true},
+          "cpu": {"vcpus": 1, "model": ")" +
+                                (kvm ? "host" : "max") + R"(", "features": [)" +
+                                (kvm ? R"("-arch-capabilities")" : "") + R"(])" +
+                                (kvm ? R"(, "hyperv": {"mode": "passthrough"})" : "") + R"(},
+          "display": {"type": "spice", "vga": "qxl"}, "sound": {"backend": "none", "model": "hda"}})",
+                            dir.path("spice.json"));
+  HostFacts f = golden_facts(p);
+  f.runtime_dir = dir.path();
+  test::Qemu qemu(build_qemu_argv(p, f));
+  EXPECT_EQ(qemu.query_status(), "prelaunch") << qemu.stderr_text();
+  EXPECT_TRUE(fs::is_socket(dir.path("spice.sock")));
+  std::string spice = qemu.qmp(R"({"execute": "query-spice"})");
+  EXPECT_NE(spice.find(R"("enabled":true)"), std::string::npos) << spice;
+}
+
+// Hugepage-backed RAM from a hugetlbfs mount of our own (the host has none
+// mounted); pages are reserved for the test and given back after it.
+TEST(ArgvQemu, HugepagesFromAHugetlbfsMount) {
+  test::TempDir dir;
+  std::string mnt = dir.path("huge");
+  fs::create_directories(mnt);
+  ASSERT_EQ(test::run_command({"mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", mnt}), 0);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { test::run_command({"umount", path}); }
+  } unmount{mnt};
+  auto read_num = [](const std::string& path) {
+    long v = 0;
+    std::ifstream(path) >> v;
+    return v;
+  };
+  const std::string nr = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+  const std::string free_pages = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+  long before = read_num(nr);
+  long need = 32 - read_num(free_pages);
+  struct Restore {
+    std::string nr;
+    long added = 0;
+    ~Restore() {
+      if (added <= 0) return;
+      long now = 0;
+      std::ifstream(nr) >> now;
+      std::ofstream(nr) << std::max(0L, now - added);
+    }
+  } restore{nr};
+  if (need > 0) {
+    std::ofstream(nr) << before + need;
+    restore.added = read_num(nr) - before;
+    if (read_num(free_pages) < 32) GTEST_SKIP() << "the kernel cannot reserve 32 hugepages now";
+  }
+  Profile p = parse_profile(
+      R"({"name": "huge", "accel": "tcg", "memory": {"size_mib": 64, "hugepages": true},
+                               "cpu": {"model": "max", "vcpus": 1}})",
+      dir.path("huge.json"));
+  HostFacts f = golden_facts(p);
+  f.runtime_dir = dir.path();
+  f.hugepage_path = mnt;
+  test::Qemu qemu(build_qemu_argv(p, f));
+  EXPECT_EQ(qemu.query_status(), "prelaunch") << qemu.stderr_text();
+  std::string mem = qemu.qmp(R"({"execute": "query-memdev"})");
+  EXPECT_NE(mem.find(R"("prealloc":true)"), std::string::npos) << mem;
+}
 }  // namespace
 }  // namespace pl
 
@@ -272,6 +714,88 @@ TEST(DryRun, ProfileWithATypoIsExitTwoNamingTheKey) {
   auto [code, out] = test::passlaunch_cmd({"run", path, "--dry-run"}, dir.path());
   EXPECT_EQ(code, 2) << out;
   EXPECT_NE(out.find(path + ": /pinnig: unknown key"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace pl
+
+namespace pl {
+namespace {
+
+// The hand-written Windows 11 install profile (ISO + virtio-win ISO + Secure
+// Boot + TPM + VNC) starts paused under QEMU with no error: its own image
+// paths replaced by files of the test, its TPM served by a real swtpm.
+TEST(ArgvQemu, Win11InstallProfileStartsPaused) {
+  test::TempDir dir;
+  Profile p = load_profile(std::string(PL_SOURCE_DIR) + "/profiles/win11-install.json",
+                           ProfileChecks{.files = false});
+  ASSERT_TRUE(p.firmware.secure_boot);
+  ASSERT_EQ(p.disks.size(), 3u);
+  p.disks[0].path = dir.path("win11.qcow2");
+  ASSERT_EQ(test::run_command({"qemu-img", "create", "-q", "-f", "qcow2", p.disks[0].path, "64M"}),
+            0);
+  for (size_t i : {1u, 2u}) {
+    p.disks[i].path = dir.path("cd" + std::to_string(i) + ".iso");
+    ASSERT_EQ(test::run_command({"qemu-img", "create", "-q", "-f", "raw", p.disks[i].path, "4M"}),
+              0);
+  }
+  p.memory_mib = 512;
+  bool kvm = test::kvm_works();
+  if (kvm) {
+    p.cpu.features.push_back("-arch-capabilities");  // nested KVM here
+  } else {
+    p.accel = Accel::kTcg;
+    p.cpu.model = "max";
+    p.cpu.hyperv = {};
+  }
+  HostFacts f = golden_facts(p);
+  f.accel = kvm ? Accel::kKvm : Accel::kTcg;
+  f.runtime_dir = dir.path();
+  f.ovmf_vars = dir.path("vars.fd");
+  fs::copy_file(p.firmware.vars_template, f.ovmf_vars);
+  // swtpm on the socket the argv names, as `run` starts it.
+  std::string tpm_dir = dir.path("tpm");
+  fs::create_directories(tpm_dir);
+  pid_t swtpm = ::fork();
+  if (swtpm == 0) {
+    ::execlp("swtpm", "swtpm", "socket", "--tpm2", "--tpmstate", ("dir=" + tpm_dir).c_str(),
+             "--ctrl", ("type=unixio,path=" + dir.path("swtpm.sock")).c_str(), "--terminate",
+             nullptr);
+    ::_exit(127);
+  }
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGTERM);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{swtpm};
+  for (int i = 0; i < 500 && !fs::exists(dir.path("swtpm.sock")); ++i) ::usleep(10000);
+  ASSERT_TRUE(fs::exists(dir.path("swtpm.sock"))) << "swtpm did not start";
+  test::Qemu qemu(build_qemu_argv(p, f));
+  EXPECT_EQ(qemu.query_status(), "prelaunch") << qemu.stderr_text();
+  std::string block = qemu.qmp(R"({"execute": "query-block"})");
+  EXPECT_NE(block.find("cd1.iso"), std::string::npos) << block;
+  EXPECT_NE(block.find("cd2.iso"), std::string::npos) << block;
+  std::string tpm = qemu.qmp(R"({"execute": "query-tpm"})");
+  EXPECT_NE(tpm.find("tpm-crb"), std::string::npos) << tpm;
+  EXPECT_TRUE(fs::is_socket(dir.path("vnc.sock")));
+  EXPECT_EQ(
+      qemu.qmp(R"({"execute": "qom-get", "arguments": {"path": "/machine", "property": "smm"}})"),
+      R"({"return":"on"})");
+}
+
+TEST(DryRun, QemuArgsAreMarkedWhereTheyStart) {
+  test::TempDir dir;
+  std::string path = dir.path() + "/x.json";
+  std::ofstream(path) << R"({"name": "x", "accel": "tcg", "memory": {"size_mib": 64},
+      "cpu": {"vcpus": 1, "model": "max"}, "qemu_args": ["-global", "ICH9-LPC.disable_s3=1"]})";
+  auto [code, out] = test::passlaunch_cmd({"run", path, "--dry-run"}, dir.path());
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(
+      out.find("`# qemu_args (from the profile, verbatim)` -global \\\nICH9-LPC.disable_s3=1\n"),
+      std::string::npos)
+      << out;
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "qmp/client.h"
 #include "run/facts.h"
+#include "run/guest_agent.h"
 #include "run/runtime.h"
 
 namespace pl::cli {
@@ -106,9 +107,56 @@ void run_job(Control& c, const std::string& cmd, json args, const std::string& j
   }
 }
 
-int snapshot(Control& c, const std::string& op, const std::string& tag) {
+/// The VM's guest agent when the profile has one and it answers, else none.
+std::unique_ptr<GuestAgent> answering_agent(const std::string& name,
+                                            std::chrono::milliseconds timeout) {
+  std::string path = runtime_dir_for(name) + "/qga.sock";
+  if (::access(path.c_str(), F_OK) != 0) return nullptr;
+  try {
+    auto agent = std::make_unique<GuestAgent>(path);
+    if (agent->sync(timeout)) return agent;
+  } catch (const Error&) {
+  }
+  return nullptr;
+}
+
+/// Freezes the guest's filesystems (when its agent answers) for as long as it
+/// lives; thaws them when it goes, whether the snapshot worked or not.
+class FsFreeze {
+ public:
+  explicit FsFreeze(const std::string& name) : name_(name) {
+    agent_ = answering_agent(name, 3s);
+    if (!agent_) {
+      if (::access((runtime_dir_for(name) + "/qga.sock").c_str(), F_OK) == 0)
+        std::cout << name << ": the guest agent does not answer: the filesystems are not frozen\n";
+      return;
+    }
+    json n = agent_->execute("guest-fsfreeze-freeze", nullptr, 60s);
+    frozen_ = true;
+    std::cout << name << ": guest agent froze " << n.dump() << " filesystems\n";
+  }
+  ~FsFreeze() {
+    if (!frozen_) return;
+    try {
+      json n = agent_->execute("guest-fsfreeze-thaw", nullptr, 60s);
+      std::cout << name_ << ": guest agent thawed " << n.dump() << " filesystems\n";
+    } catch (const Error& e) {
+      std::cerr << "passlaunch: warning: " << name_ << ": " << e.what()
+                << "\n  hint: `passlaunch ctl " << name_
+                << " qmp` cannot reach the agent; run guest-fsfreeze-thaw in the guest\n";
+    }
+  }
+  FsFreeze(const FsFreeze&) = delete;
+
+ private:
+  std::string name_;
+  std::unique_ptr<GuestAgent> agent_;
+  bool frozen_ = false;
+};
+
+int snapshot(Control& c, const std::string& op, const std::string& tag, bool disk_only) {
   json status = c.execute("passlaunch-status");
-  bool vfio = status.value("vfio", false);
+  bool vfio = status.value("vfio", false) || (disk_only && op == "save");
   auto disks = qcow2_disks(c);
   if (op == "list") {
     if (disks.empty()) {
@@ -141,6 +189,9 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
     throw Error(Exit::kFailed, "VM \"" + c.name() + "\" has no qcow2 disk to snapshot",
                 "snapshots need a qcow2 disk in the profile's /disks");
   }
+  if (disk_only && op != "save") {
+    throw Error(Exit::kUsage, "--disk-only goes with `snapshot save`");
+  }
   if (vfio) {
     // VFIO devices cannot save their state: only the disks can be kept.
     if (op != "save") {
@@ -152,6 +203,7 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
                                      "; the VM state is never "
                                      "included");
     }
+    FsFreeze freeze(c.name());  // consistent filesystems in the overlays' backing files
     for (const json& d : disks) {
       std::string node = d.value("node-name", "");
       std::string file = d["image"].value("filename", "");
@@ -163,7 +215,10 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
       std::cout << c.name() << ": " << node << " now writes to " << overlay << "\n";
     }
     std::cout << c.name() << ": disk-only snapshot \"" << tag << "\" taken; the VM state is not "
-              << "included because VFIO devices cannot save their state\n";
+              << "included"
+              << (status.value("vfio", false) ? " because VFIO devices cannot save their state"
+                                              : " (--disk-only)")
+              << "\n";
     return 0;
   }
   std::vector<std::string> nodes;
@@ -194,6 +249,56 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
                 : op == "load" ? "loaded"
                                : "deleted")
             << "\n";
+  return 0;
+}
+
+/// `ctl NAME display`: where the VNC or SPICE server listens and how to connect.
+int show_display(const std::string& name) {
+  Control c(name);
+  std::string dir = runtime_dir_for(name);
+  bool shown = false;
+  json vnc = c.execute("query-vnc");
+  if (vnc.value("enabled", false)) {
+    shown = true;
+    std::string sock = dir + "/vnc.sock";
+    if (vnc.value("family", "") == "unix") {
+      std::cout << name << ": VNC on the Unix socket " << sock << " (owner only)\n"
+                << "  here:      vncviewer " << sock
+                << "   (TigerVNC), or remote-viewer vnc+unix://" << sock << "\n"
+                << "  elsewhere: ssh -L 5900:" << sock << " root@THIS-HOST, then vncviewer "
+                << "localhost:5900\n";
+    } else {
+      std::cout << name << ": VNC on " << vnc.value("host", "?") << ":" << vnc.value("service", "?")
+                << " (TCP, no password)\n"
+                << "  connect:   vncviewer " << vnc.value("host", "?")
+                << "::" << vnc.value("service", "?") << "\n";
+    }
+  }
+  json spice;
+  try {
+    spice = c.execute("query-spice");
+  } catch (const Error&) {
+    spice = json::object();  // QEMU without SPICE
+  }
+  if (spice.value("enabled", false)) {
+    shown = true;
+    std::string sock = dir + "/spice.sock";
+    if (spice.value("host", "").find('/') != std::string::npos || !spice.contains("port")) {
+      std::cout << name << ": SPICE on the Unix socket " << sock << " (owner only)\n"
+                << "  here:      remote-viewer spice+unix://" << sock << "\n"
+                << "  elsewhere: ssh -L 5930:" << sock << " root@THIS-HOST, then remote-viewer "
+                << "spice://localhost:5930\n";
+    } else {
+      std::cout << name << ": SPICE on " << spice.value("host", "?") << ":" << spice["port"].dump()
+                << " (TCP, no password)\n"
+                << "  connect:   remote-viewer spice://" << spice.value("host", "?") << ":"
+                << spice["port"].dump() << "\n";
+    }
+  }
+  if (!shown) {
+    throw Error(Exit::kFailed, "VM \"" + name + "\" has no display",
+                "add \"display\": {\"type\": \"vnc\"} to its profile (profiles/README.md)");
+  }
   return 0;
 }
 
@@ -254,6 +359,7 @@ void add_ctl_commands(CLI::App& app, Action& action) {
     std::string name, command, args, tag;
     int timeout = 0;
     bool json = false;
+    bool disk_only = false;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* ctl = app.add_subcommand("ctl", "Control a running VM through its control socket");
@@ -296,6 +402,15 @@ void add_ctl_commands(CLI::App& app, Action& action) {
       Control c(o->name);
       json args = json::object();
       if (o->timeout > 0) args["timeout"] = o->timeout;
+      // The guest agent first: it shuts the guest down even where the power
+      // button is ignored (a locked Windows screen, a guest without ACPI).
+      if (auto agent = answering_agent(o->name, 3s)) {
+        agent->send("guest-shutdown", {{"mode", "powerdown"}});
+        std::cout << o->name << ": asked the guest agent to shut the guest down\n";
+        args["power-button"] = false;
+      } else if (::access((runtime_dir_for(o->name) + "/qga.sock").c_str(), F_OK) == 0) {
+        std::cout << o->name << ": the guest agent does not answer: pressing the power button\n";
+      }
       c.execute("passlaunch-shutdown", args);
       int wait = (o->timeout > 0 ? o->timeout : 3600) + 10;
       return wait_until_stopped(c, wait);
@@ -312,6 +427,10 @@ void add_ctl_commands(CLI::App& app, Action& action) {
   simple("reset", "Reset the guest (system_reset)", "system_reset");
   simple("pause", "Pause the guest (stop)", "stop");
   simple("resume", "Resume the guest (cont)", "cont");
+
+  CLI::App* display =
+      ctl->add_subcommand("display", "How to connect to the VM's VNC or SPICE display");
+  display->callback([o, &action] { action = [o]() -> int { return show_display(o->name); }; });
 
   CLI::App* raw =
       ctl->add_subcommand("qmp", "Run any QMP command; prints its return value as JSON");
@@ -340,10 +459,15 @@ void add_ctl_commands(CLI::App& app, Action& action) {
   for (const char* op : {"save", "load", "delete"}) {
     CLI::App* sub = snap->add_subcommand(op, std::string(op) + " a snapshot");
     sub->add_option("TAG", o->tag, "Snapshot name")->required();
+    if (std::string(op) == "save") {
+      sub->add_flag("--disk-only", o->disk_only,
+                    "External disk overlays only, as with VFIO (the guest agent, if any, freezes "
+                    "the filesystems around it)");
+    }
     sub->callback([o, &action, op] {
       action = [o, op]() -> int {
         Control c(o->name);
-        return snapshot(c, op, o->tag);
+        return snapshot(c, op, o->tag, o->disk_only);
       };
     });
   }
@@ -351,7 +475,7 @@ void add_ctl_commands(CLI::App& app, Action& action) {
   snap_list->callback([o, &action] {
     action = [o]() -> int {
       Control c(o->name);
-      return snapshot(c, "list", "");
+      return snapshot(c, "list", "", false);
     };
   });
 }

@@ -20,25 +20,30 @@ namespace {
 /// `--dry-run`'s pin plan: what `run` applies to QEMU's threads before `cont`.
 void print_pin_plan(const Profile& profile) {
   const Pinning& pin = profile.pinning;
+  auto rt = [&](std::optional<int> prio) {
+    if (!prio) return std::string();
+    return std::string(pin.realtime_policy == RealtimePolicy::kRr ? " (SCHED_RR "
+                                                                  : " (SCHED_FIFO ") +
+           std::to_string(*prio) + ")";
+  };
   std::cout << "\n# pin plan (applied with sched_setaffinity before the guest runs):\n";
   if (pin.vcpus.empty()) {
     std::cout << "#   vCPUs: not pinned\n";
   }
   for (size_t i = 0; i < pin.vcpus.size(); ++i) {
-    std::cout << "#   vCPU " << i << " -> CPU " << pin.vcpus[i]
-              << (pin.realtime_priority
-                      ? " (SCHED_FIFO " + std::to_string(*pin.realtime_priority) + ")"
-                      : std::string())
-              << "\n";
+    std::vector<int> cpus = pin.vcpu_cpus(i);
+    std::cout << "#   vCPU " << i << (cpus.size() == 1 ? " -> CPU " : " -> CPUs ")
+              << format_cpulist(cpus) << rt(pin.realtime_priority) << "\n";
   }
   for (const IoThread& t : pin.iothreads) {
     std::vector<int> cpus = t.cpus.empty() ? pin.emulator : t.cpus;
     std::cout << "#   iothread " << t.id << " -> CPUs "
-              << (cpus.empty() ? std::string("not pinned") : format_cpulist(cpus)) << "\n";
+              << (cpus.empty() ? std::string("not pinned") : format_cpulist(cpus))
+              << rt(t.realtime_priority) << "\n";
   }
   std::cout << "#   emulator and vhost threads -> CPUs "
             << (pin.emulator.empty() ? std::string("not pinned") : format_cpulist(pin.emulator))
-            << "\n";
+            << rt(pin.emulator_realtime_priority) << "\n";
 }
 
 /// `--dry-run`'s host plan: what prepare would change on this host, step by
@@ -98,8 +103,13 @@ void add_run_commands(CLI::App& app, Action& action) {
     action = [opts]() -> int {
       Profile profile = load_profile(opts->profile);
       if (opts->dry_run) {
-        std::vector<std::string> argv = build_qemu_argv(profile, probe_host_facts(profile));
+        std::vector<std::string> argv =
+            build_qemu_argv(profile, probe_host_facts(profile, opts->run.host_root));
+        size_t extra = argv.size() - qemu_args_tail(profile);
         for (size_t i = 0; i < argv.size(); ++i) {
+          // A comment cannot end a continued line; `# ...` (an empty command
+          // substitution) can stand inside it, so the output still runs as is.
+          if (i == extra && i > 0) std::cout << "`# qemu_args (from the profile, verbatim)` ";
           std::cout << shell_quote(argv[i]) << (i + 1 < argv.size() ? " \\\n" : "\n");
         }
         print_pin_plan(profile);

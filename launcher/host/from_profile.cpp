@@ -20,7 +20,7 @@ HandoverConfig handover_config(const Profile& profile, const HostFs& fs) {
   c.rebind_vtconsoles = h.rebind_vtconsoles;
   c.prepare_hook = h.prepare_hook;
   c.release_hook = h.release_hook;
-  c.vm_cpus = profile.pinning.vcpus;
+  c.vm_cpus = profile.pinning.all_vcpu_cpus();
   std::sort(c.vm_cpus.begin(), c.vm_cpus.end());
   c.vm_cpus.erase(std::unique(c.vm_cpus.begin(), c.vm_cpus.end()), c.vm_cpus.end());
   if (!h.governor.empty()) {

@@ -23,7 +23,16 @@ struct HostFacts {
   Accel accel = Accel::kTcg;    ///< resolved: never kAuto
   std::vector<NetFds> net_fds;  ///< one per macvtap/bridge entry of profile.network, in order
   std::string ovmf_vars;        ///< this VM's copy of the OVMF variables
+  /// The hugetlbfs mount of the profile's page size (used with memory.hugepages).
+  std::string hugepage_path = "/dev/hugepages";
+  /// smbios.mode "host": the host's structures, one file each, in the runtime dir.
+  std::vector<std::string> smbios_files;
+  std::string shm_dir = "/dev/shm";  ///< where shmem files live
 };
+
+/// How many of the argv's last entries are the profile's qemu_args (the
+/// dry-run prints them under a comment).
+inline size_t qemu_args_tail(const Profile& p) { return p.qemu_args.size(); }
 
 /// The argv to exec, argv[0] included. The guest starts paused (-S).
 /// Throws pl::Error(kUsage) when facts and profile disagree (missing fds).

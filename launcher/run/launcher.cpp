@@ -1,6 +1,8 @@
 #include "run/launcher.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -15,12 +17,15 @@
 #include <boost/asio.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/cpulist.h"
 #include "core/error.h"
@@ -176,6 +181,68 @@ class Swtpm {
   Child child_;
 };
 
+/// The host's SMBIOS types 0-3 (read under host_root) copied into the runtime
+/// dir, one structure per file, as QEMU's -smbios file= takes them.
+std::vector<std::string> copy_host_smbios_into(const std::string& host_root,
+                                               const std::string& dir) {
+  std::string path = host_root + kHostDmiTable;
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw system_error(Exit::kEnvironment, "cannot read the host's SMBIOS table", path, errno);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  std::vector<std::string> files;
+  std::map<int, size_t> seen;
+  for (const auto& [type, bytes] : smbios_structures(buf.str(), host_smbios_types())) {
+    std::string file = smbios_file(dir, type, seen[type]++);
+    int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || ::write(fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size())) {
+      int err = errno;
+      if (fd >= 0) ::close(fd);
+      throw system_error(Exit::kEnvironment, "cannot write", file, err);
+    }
+    ::close(fd);
+    files.push_back(file);
+  }
+  return files;
+}
+
+/// /dev/shm files for the profile's shmem entries: created with their size and
+/// mode 0660 (owned by their user), removed when this goes out of scope.
+class ShmemFiles {
+ public:
+  ShmemFiles(const Profile& p, const std::string& dir) {
+    for (size_t i = 0; i < p.shmem.size(); ++i) {
+      const Shmem& m = p.shmem[i];
+      std::string path = dir + "/" + m.name;
+      std::string what = p.file + ": /shmem" + (p.shmem.size() > 1 ? "/" + std::to_string(i) : "");
+      int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0660);
+      if (fd < 0) throw system_error(Exit::kEnvironment, what + ": cannot create", path, errno);
+      paths_.push_back(path);
+      int err = 0;
+      if (::ftruncate(fd, static_cast<off_t>(m.size_mib) << 20) != 0) err = errno;
+      if (!err && ::fchmod(fd, 0660) != 0) err = errno;
+      if (!err && !m.user.empty()) {
+        passwd* pw = ::getpwnam(m.user.c_str());
+        if (!pw) {
+          ::close(fd);
+          throw Error(Exit::kUsage, what + "/user: no user \"" + m.user + "\" on this host");
+        }
+        if (::fchown(fd, pw->pw_uid, pw->pw_gid) != 0) err = errno;
+      }
+      ::close(fd);
+      if (err) throw system_error(Exit::kEnvironment, what + ": cannot size or own", path, err);
+    }
+  }
+  ~ShmemFiles() {
+    for (const std::string& p : paths_) ::unlink(p.c_str());
+  }
+  ShmemFiles(const ShmemFiles&) = delete;
+
+ private:
+  std::vector<std::string> paths_;
+};
+
 /// How the run ended, decided when QEMU is gone.
 struct Outcome {
   bool started = false;         ///< `cont` was acknowledged
@@ -260,11 +327,29 @@ class Supervisor {
     }
   }
 
+  std::vector<std::string> copy_host_smbios(RuntimeDir& runtime) {
+    return copy_host_smbios_into(options_.host_root, runtime.path());
+  }
+
+  /// The display and guest agent sockets QEMU made: only their owner may use
+  /// them (the runtime dir is 0700 already; this keeps them so if it is not).
+  void restrict_sockets() {
+    for (const char* name : {"vnc.sock", "spice.sock", "qga.sock"}) {
+      std::string path = std::filesystem::path(qmp_path_).parent_path() / name;
+      if (::chmod(path.c_str(), 0600) != 0 && errno != ENOENT)
+        log(std::string("warning: cannot chmod 0600 ") + path + ": " + std::strerror(errno));
+    }
+  }
+
   /// Everything between the prepared host and its release.
   int run_guest(RuntimeDir& runtime, host::HostFs& fs, bool passthrough) {
-    HostFacts facts = probe_host_facts(profile_);
+    HostFacts facts = probe_host_facts(profile_, options_.host_root);
     facts.runtime_dir = runtime.path();
     prepare_ovmf_vars(profile_, facts);
+    // The host's SMBIOS structures (smbios.mode "host"), one file each.
+    if (profile_.smbios.mode == Smbios::Mode::kHost) facts.smbios_files = copy_host_smbios(runtime);
+    // Shared memory files (Looking Glass): created here, removed when the run ends.
+    ShmemFiles shmem(profile_, facts.shm_dir);
     // 4. macvtap and bridge taps, handed to QEMU as open fds.
     Profile effective = profile_;
     TapSet taps;
@@ -382,6 +467,7 @@ class Supervisor {
     qmp_.add_listener([this](const json& ev) { on_event(ev); });
     co_await qmp_.connect(qmp_path_, co);
     long connected = elapsed_ms();
+    restrict_sockets();  // QEMU made them before it served QMP
 
     json cpus = co_await qmp_.execute("query-cpus-fast");
     json ios = co_await qmp_.execute("query-iothreads");
@@ -390,7 +476,7 @@ class Supervisor {
     std::vector<ThreadInfo> all = list_threads(pid_);
     for (const ThreadInfo& k : find_vhost_kthreads(pid_)) all.push_back(k);
     std::vector<ThreadPin> pins = plan_pins(profile_.pinning, threads, all);
-    apply_pins(pins, profile_.pinning.realtime_priority);
+    apply_pins(pins, profile_.pinning.realtime_priority, profile_.pinning.realtime_policy);
     verify_pins(pins);
     std::cerr << "pinned " << pins.size() << " threads of QEMU (pid " << pid_ << "):\n"
               << format_pin_table(pins);
@@ -447,7 +533,16 @@ class Supervisor {
         }
         timeout_s_ = args["timeout"].get<int>();
       }
-      request_shutdown("the control socket");
+      // "power-button": false — `ctl shutdown` has asked the guest agent already.
+      if (args.is_object() && args.contains("power-button")) {
+        if (!args["power-button"].is_boolean()) {
+          throw qmp::Error(qmp::ErrorKind::command_error, "bad power-button", "passlaunch-shutdown",
+                           "GenericError", "'power-button' must be true or false");
+        }
+        first_press_ = args["power-button"].get<bool>();
+      }
+      request_shutdown(first_press_ ? "the control socket"
+                                    : "the control socket (through the guest agent)");
       co_return json::object();
     });
     control_->start();
@@ -542,12 +637,13 @@ class Supervisor {
   awaitable<void> graceful_shutdown() {
     auto deadline = Clock::now() + std::chrono::seconds(timeout_s_);
     auto again = Clock::now() + std::min<Clock::duration>(5s, std::chrono::seconds(timeout_s_) / 2);
-    co_await press_power_button();
+    if (first_press_) co_await press_power_button();
     asio::steady_timer timer(io_);
     timer.expires_at(again);
     co_await timer.async_wait(use_awaitable);
     if (!outcome_.guest_shutdown) {
-      log("the guest has not shut down yet: pressing the power button again");
+      log(first_press_ ? "the guest has not shut down yet: pressing the power button again"
+                       : "the guest has not shut down yet: pressing the power button");
       co_await press_power_button();
     }
     timer.expires_at(deadline);
@@ -707,6 +803,7 @@ class Supervisor {
   bool exited_ = false;
   bool quitting_ = false;
   bool shutdown_running_ = false;
+  bool first_press_ = true;    ///< graceful shutdown presses the power button at once
   bool killed_by_us_ = false;  ///< QEMU was SIGKILLed by us
   int status_ = 0;
   Outcome outcome_;

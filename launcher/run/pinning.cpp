@@ -49,14 +49,15 @@ std::vector<ThreadPin> plan_pins(const Pinning& pinning, const QemuThreads& qemu
                 name_of(tid, "vCPU " + std::to_string(index)),
                 ThreadRole::kVcpu,
                 "vCPU " + std::to_string(index),
-                {}};
+                {},
+                pinning.realtime_priority};
     if (!pinning.vcpus.empty()) {
       if (index < 0 || static_cast<size_t>(index) >= pinning.vcpus.size()) {
         throw Error(Exit::kFailed, "QEMU reports vCPU " + std::to_string(index) +
                                        ", but the profile pins " +
                                        std::to_string(pinning.vcpus.size()) + " vCPUs");
       }
-      p.cpus = {pinning.vcpus[index]};
+      p.cpus = pinning.vcpu_cpus(index);
     }
     pins.push_back(p);
     placed.insert(tid);
@@ -66,6 +67,7 @@ std::vector<ThreadPin> plan_pins(const Pinning& pinning, const QemuThreads& qemu
                 pinning.emulator};
     for (const IoThread& t : pinning.iothreads) {
       if (t.id == id && !t.cpus.empty()) p.cpus = t.cpus;
+      if (t.id == id) p.realtime_priority = t.realtime_priority;
     }
     pins.push_back(p);
     placed.insert(tid);
@@ -74,7 +76,8 @@ std::vector<ThreadPin> plan_pins(const Pinning& pinning, const QemuThreads& qemu
     if (placed.count(t.tid)) continue;
     bool vhost = t.name.rfind("vhost-", 0) == 0;
     pins.push_back({t.tid, t.name, vhost ? ThreadRole::kVhost : ThreadRole::kEmulator,
-                    vhost ? "vhost" : "emulator", pinning.emulator});
+                    vhost ? "vhost" : "emulator", pinning.emulator,
+                    vhost ? std::nullopt : pinning.emulator_realtime_priority});
   }
   return pins;
 }
@@ -121,7 +124,7 @@ std::vector<std::string> check_pin_plan(const Profile& profile, const CpuTopolog
   std::set<int> online(topo.online.begin(), topo.online.end());
   std::set<int> allowed(topo.allowed.begin(), topo.allowed.end());
   std::vector<std::pair<std::string, std::vector<int>>> sets = {
-      {"/pinning/vcpus", pin.vcpus}, {"/pinning/emulator", pin.emulator}};
+      {"/pinning/vcpus", pin.all_vcpu_cpus()}, {"/pinning/emulator", pin.emulator}};
   for (size_t i = 0; i < pin.iothreads.size(); ++i) {
     sets.push_back({"/pinning/iothreads/" + std::to_string(i) + "/cpus", pin.iothreads[i].cpus});
   }
@@ -166,8 +169,9 @@ std::vector<std::string> check_pin_plan(const Profile& profile, const CpuTopolog
     }
   }
   std::vector<int> shared;
+  std::vector<int> vcpu_cpus = pin.all_vcpu_cpus();
   for (int c : pin.emulator) {
-    if (std::find(pin.vcpus.begin(), pin.vcpus.end(), c) != pin.vcpus.end()) shared.push_back(c);
+    if (std::find(vcpu_cpus.begin(), vcpu_cpus.end(), c) != vcpu_cpus.end()) shared.push_back(c);
   }
   if (!shared.empty()) {
     warnings.push_back("the emulator set shares CPUs " + format_cpulist(shared) +
@@ -229,7 +233,8 @@ std::vector<int> thread_affinity(pid_t tid) {
   return cpus;
 }
 
-void apply_pins(const std::vector<ThreadPin>& pins, std::optional<int> realtime_priority) {
+void apply_pins(const std::vector<ThreadPin>& pins, std::optional<int> realtime_priority,
+                RealtimePolicy policy) {
   for (const ThreadPin& p : pins) {
     if (p.cpus.empty()) continue;
     cpu_set_t set;
@@ -243,14 +248,19 @@ void apply_pins(const std::vector<ThreadPin>& pins, std::optional<int> realtime_
           "cannot pin " + p.label + " (" + p.name + ", tid " + std::to_string(p.tid) + ") to CPUs",
           format_cpulist(p.cpus), err, err == EINVAL ? "the launcher's " + own_cpuset() : "");
     }
-    if (p.role == ThreadRole::kVcpu && realtime_priority) {
+    std::optional<int> prio = p.realtime_priority;
+    if (!prio && p.role == ThreadRole::kVcpu) prio = realtime_priority;
+    if (prio) {
       sched_param param{};
-      param.sched_priority = *realtime_priority;
-      if (::sched_setscheduler(p.tid, SCHED_FIFO, &param) != 0) {
-        throw system_error(
-            Exit::kFailed,
-            "cannot set SCHED_FIFO priority " + std::to_string(*realtime_priority) + " for",
-            p.label, errno, "real-time scheduling needs root or CAP_SYS_NICE");
+      param.sched_priority = *prio;
+      bool rr = policy == RealtimePolicy::kRr;
+      if (::sched_setscheduler(p.tid, rr ? SCHED_RR : SCHED_FIFO, &param) != 0) {
+        int err = errno;
+        if (err == ESRCH) continue;
+        throw system_error(Exit::kFailed,
+                           std::string("cannot set ") + (rr ? "SCHED_RR" : "SCHED_FIFO") +
+                               " priority " + std::to_string(*prio) + " for",
+                           p.label, err, "real-time scheduling needs root or CAP_SYS_NICE");
       }
     }
   }

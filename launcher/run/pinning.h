@@ -31,6 +31,7 @@ struct ThreadPin {
   ThreadRole role = ThreadRole::kEmulator;
   std::string label;      ///< "vCPU 3", "iothread io1", "emulator", "vhost"
   std::vector<int> cpus;  ///< empty: left as inherited
+  std::optional<int> realtime_priority = std::nullopt;  ///< real-time priority from the profile
 };
 
 /// Classifies each thread and gives it its CPUs: vCPU n -> pinning.vcpus[n],
@@ -63,10 +64,12 @@ std::vector<ThreadInfo> list_threads(pid_t pid, const std::string& proc_root = "
 /// before 6.4 run them as kernel threads named vhost-PID).
 std::vector<ThreadInfo> find_vhost_kthreads(pid_t qemu_pid, const std::string& proc_root = "/proc");
 
-/// Applies each pin with sched_setaffinity (and SCHED_FIFO for vCPUs when
-/// `realtime_priority` is set). Throws pl::Error(kFailed) naming the thread,
-/// the CPUs and, for EINVAL, the launcher's cpuset.
-void apply_pins(const std::vector<ThreadPin>& pins, std::optional<int> realtime_priority);
+/// Applies each pin with sched_setaffinity, and the real-time `policy` for a
+/// pin with a realtime_priority (or, for vCPUs, `realtime_priority`). Throws
+/// pl::Error(kFailed) naming the thread, the CPUs and, for EINVAL, the
+/// launcher's cpuset.
+void apply_pins(const std::vector<ThreadPin>& pins, std::optional<int> realtime_priority,
+                RealtimePolicy policy = RealtimePolicy::kFifo);
 
 /// The CPUs a thread may run on now (sched_getaffinity).
 std::vector<int> thread_affinity(pid_t tid);

@@ -8,10 +8,10 @@ PL_PACKAGES=(
   cmake ninja-build g++ pkg-config
   libboost-dev nlohmann-json3-dev libcli11-dev liburing-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libpci-dev pci.ids libnl-route-3-dev libkmod-dev
+  libpci-dev pci.ids libnl-route-3-dev libkmod-dev libpugixml-dev
   qemu-system-x86 qemu-utils ovmf
   linux-image-cloud-amd64 busybox-static cpio gzip
-  fakeroot
+  fakeroot qemu-guest-agent mtools xorriso
   iproute2 kmod procps systemd util-linux bsdutils swtpm
 )
 
