@@ -107,7 +107,7 @@ void run_job(Control& c, const std::string& cmd, json args, const std::string& j
 }
 
 int snapshot(Control& c, const std::string& op, const std::string& tag) {
-  json status = c.execute("passlaunch-status");
+  json status = c.execute("__org.passlaunch_status");
   bool vfio = status.value("vfio", false);
   auto disks = qcow2_disks(c);
   if (op == "list") {
@@ -199,7 +199,7 @@ int snapshot(Control& c, const std::string& op, const std::string& tag) {
 
 struct VmEntry {
   std::string name;
-  json status;  // passlaunch-status, or {"status": "unreachable"}
+  json status;  // __org.passlaunch_status, or {"status": "unreachable"}
 };
 
 std::vector<VmEntry> running_vms() {
@@ -212,7 +212,7 @@ std::vector<VmEntry> running_vms() {
     VmEntry v{name, {{"name", name}, {"status", "starting"}}};
     try {
       Control c(name);
-      v.status = c.execute("passlaunch-status", nullptr, 5s);
+      v.status = c.execute("__org.passlaunch_status", nullptr, 5s);
     } catch (const Error&) {
     }
     out.push_back(v);
@@ -275,7 +275,7 @@ void add_ctl_commands(CLI::App& app, Action& action) {
   status->callback([o, &action] {
     action = [o]() -> int {
       Control c(o->name);
-      json st = c.execute("passlaunch-status");
+      json st = c.execute("__org.passlaunch_status");
       if (o->json) {
         std::cout << st.dump(2) << "\n";
       } else {
@@ -296,7 +296,7 @@ void add_ctl_commands(CLI::App& app, Action& action) {
       Control c(o->name);
       json args = json::object();
       if (o->timeout > 0) args["timeout"] = o->timeout;
-      c.execute("passlaunch-shutdown", args);
+      c.execute("__org.passlaunch_shutdown", args);
       int wait = (o->timeout > 0 ? o->timeout : 3600) + 10;
       return wait_until_stopped(c, wait);
     };
