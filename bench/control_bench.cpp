@@ -144,9 +144,10 @@ Latency under_big(const std::string& a_path, const std::string& b_path, size_t s
   Raw a(a_path), b(b_path);
   a.negotiate();
   b.negotiate();
-  std::string big = "{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"info "
-                    "status " +
-                    std::string(size, 'a') + "\"},\"id\":\"big\"}\n";
+  std::string big =
+      "{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"info "
+      "status " +
+      std::string(size, 'a') + "\"},\"id\":\"big\"}\n";
   std::atomic<bool> done{false};
   std::thread sender([&] {
     b.send(big);
@@ -173,9 +174,17 @@ Latency under_big(const std::string& a_path, const std::string& b_path, size_t s
 
 int main(int argc, char** argv) {
   int per_client = argc > 1 ? std::atoi(argv[1]) : 100;
-  std::vector<std::string> none = {"qemu-system-x86_64", "-machine", "none", "-S", "-nodefaults",
-                                   "-no-user-config",    "-display", "none", "-chardev",
-                                   "socket,id=qmp,fd=3,server=on,wait=off", "-mon",
+  std::vector<std::string> none = {"qemu-system-x86_64",
+                                   "-machine",
+                                   "none",
+                                   "-S",
+                                   "-nodefaults",
+                                   "-no-user-config",
+                                   "-display",
+                                   "none",
+                                   "-chardev",
+                                   "socket,id=qmp,fd=3,server=on,wait=off",
+                                   "-mon",
                                    "chardev=qmp,mode=control"};
   pl::test::TempDir dir;
   // Baseline: one QEMU, 64 monitors of its own.
@@ -183,9 +192,10 @@ int main(int argc, char** argv) {
   for (int i = 0; i < kClients; ++i) {
     std::string p = dir.path("m" + std::to_string(i) + ".sock");
     qemu_paths.push_back(p);
-    ref_argv.insert(ref_argv.end(), {"-chardev", "socket,id=m" + std::to_string(i) + ",path=" + p +
-                                                     ",server=on,wait=off",
-                                     "-mon", "chardev=m" + std::to_string(i) + ",mode=control"});
+    ref_argv.insert(
+        ref_argv.end(),
+        {"-chardev", "socket,id=m" + std::to_string(i) + ",path=" + p + ",server=on,wait=off",
+         "-mon", "chardev=m" + std::to_string(i) + ",mode=control"});
   }
   pl::test::Qemu ref(ref_argv);
 

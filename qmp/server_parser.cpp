@@ -57,7 +57,8 @@ std::optional<std::pair<std::uint32_t, std::size_t>> decode_utf8(std::string_vie
   std::size_t n;
   std::uint32_t cp;
   if (c < 0x80) return std::pair<std::uint32_t, std::size_t>{c, 1};
-  if (c == 0xC0 && i + 1 < s.size() && b(1) == 0x80) return std::pair<std::uint32_t, std::size_t>{0, 2};
+  if (c == 0xC0 && i + 1 < s.size() && b(1) == 0x80)
+    return std::pair<std::uint32_t, std::size_t>{0, 2};
   if ((c & 0xE0) == 0xC0) {
     n = 2, cp = c & 0x1F;
   } else if ((c & 0xF0) == 0xE0) {
@@ -144,7 +145,8 @@ void ServerParser::feed_byte(unsigned char c) {
       case State::sq_string: {
         char quote = state_ == State::dq_string ? '"' : '\'';
         if (c < 0x20 || c >= 0xFE) return error();
-        if (c == '\\') return consume(state_ == State::dq_string ? State::dq_escape : State::sq_escape);
+        if (c == '\\')
+          return consume(state_ == State::dq_string ? State::dq_escape : State::sq_escape);
         token_ += static_cast<char>(c);
         if (c == static_cast<unsigned char>(quote)) {
           token(Tok::string);

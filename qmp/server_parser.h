@@ -55,8 +55,7 @@ class ServerParser {
     std::string error;  ///< "JSON parse error, ..." when !value
   };
 
-  explicit ServerParser(std::size_t max_message = kDefaultMaxMessage)
-      : max_message_(max_message) {}
+  explicit ServerParser(std::size_t max_message = kDefaultMaxMessage) : max_message_(max_message) {}
 
   /// Scans `bytes`; every message they complete is queued for next().
   void feed(std::string_view bytes);

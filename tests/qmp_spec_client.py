@@ -138,7 +138,9 @@ async def main(path):
     check(ev["event"] == "RESUME", "RESUME event after cont")
 
     # 2.4.2 and the spec's advice: a parse error is answered, the session goes on.
-    c.writer.write(b"this is not json\n")
+    # ("This": an upper-case letter is a stray byte, and the server skips the
+    # rest of the line; lower-case words would each be an invalid keyword.)
+    c.writer.write(b"This is not JSON\n")
     # (the error reply has no id: our reader would reject it, so drain it here)
     c.task.cancel()
     try:

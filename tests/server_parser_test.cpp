@@ -17,7 +17,8 @@ std::vector<std::string> parse(const std::string& input, size_t chunk = 0,
   ServerParser p(max);
   std::vector<std::string> out;
   auto drain = [&] {
-    while (auto it = p.next()) out.push_back(it->value ? "v:" + it->value->dump() : "e:" + it->error);
+    while (auto it = p.next())
+      out.push_back(it->value ? "v:" + it->value->dump() : "e:" + it->error);
   };
   if (chunk == 0) {
     p.feed(input);
@@ -67,7 +68,8 @@ TEST(ServerParser, ParserErrorsNameWhatIsWrong) {
   EXPECT_EQ(parse("[1 2]"), V{"e:JSON parse error, expected separator in list"});
   EXPECT_EQ(parse("}"), V{"e:JSON parse error, expecting value"});
   EXPECT_EQ(parse("\"\\q\""), V{"e:JSON parse error, invalid escape sequence in string"});
-  EXPECT_EQ(parse("\"\\ud800\""), V{"e:JSON parse error, \\ud800 is not a valid Unicode character"});
+  EXPECT_EQ(parse("\"\\ud800\""),
+            V{"e:JSON parse error, \\ud800 is not a valid Unicode character"});
 }
 
 TEST(ServerParser, InvalidUtf8InAStringIsAParseErrorLikeAnyOther) {

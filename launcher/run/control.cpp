@@ -26,8 +26,8 @@ struct ControlServer::Request {
   std::string name;
   json args;  // an object
   std::optional<json> id;
-  bool oob = false;                  // exec-oob: replied to out of order
-  const Command* local = nullptr;    // one of ours, else QEMU's
+  bool oob = false;                // exec-oob: replied to out of order
+  const Command* local = nullptr;  // one of ours, else QEMU's
 };
 
 struct ControlServer::Session {
@@ -39,10 +39,10 @@ struct ControlServer::Session {
   stream::socket socket;
   qmp::ServerParser parser{kMaxMessage};
   bool negotiated = false;
-  bool oob = false;      // the client enabled oob
-  bool dead = false;     // dropped: nothing more is read or written
-  bool eof = false;      // the client will send nothing more
-  bool writing = false;  // the writer holds a message being written
+  bool oob = false;                         // the client enabled oob
+  bool dead = false;                        // dropped: nothing more is read or written
+  bool eof = false;                         // the client will send nothing more
+  bool writing = false;                     // the writer holds a message being written
   std::deque<std::shared_ptr<Slot>> order;  // requests without their reply sent yet
   std::deque<std::string> out;
   asio::steady_timer wake;  ///< poked when `out` gets a message
@@ -317,25 +317,28 @@ void ControlServer::handle(const std::shared_ptr<Session>& s, qmp::ServerParser:
   };
   if (!item.value) return in_order(error_reply("GenericError", item.error));
   const json& msg = *item.value;
-  if (!msg.is_object()) return in_order(error_reply("GenericError", "QMP input must be a JSON object"));
+  if (!msg.is_object())
+    return in_order(error_reply("GenericError", "QMP input must be a JSON object"));
 
   auto r = std::make_shared<Request>();
   if (msg.contains("id")) r->id = msg["id"];
-  if (auto bad = check_members(msg, s->oob)) return in_order(error_reply("GenericError", *bad, r->id));
+  if (auto bad = check_members(msg, s->oob))
+    return in_order(error_reply("GenericError", *bad, r->id));
   r->oob = !msg.contains("execute");
   r->name = msg[r->oob ? "exec-oob" : "execute"].get<std::string>();
   r->args = msg.contains("arguments") ? msg["arguments"] : json::object();
 
   if (!s->negotiated && r->name != "qmp_capabilities") {
-    return in_order(error_reply("CommandNotFound",
-                                "Expecting capabilities negotiation with 'qmp_capabilities'", r->id));
+    return in_order(error_reply(
+        "CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'", r->id));
   }
   if (r->name == "qmp_capabilities") {
     json reply;
     if (auto bad = check_capabilities(*s, r->args)) {
       reply = error_reply("GenericError", bad->get<std::string>(), r->id);
     } else if (r->oob) {
-      reply = error_reply("GenericError", "The command qmp_capabilities does not support OOB", r->id);
+      reply =
+          error_reply("GenericError", "The command qmp_capabilities does not support OOB", r->id);
     } else if (s->negotiated) {
       reply = error_reply("CommandNotFound",
                           "Capabilities negotiation is already complete, command ignored", r->id);
@@ -350,8 +353,8 @@ void ControlServer::handle(const std::shared_ptr<Session>& s, qmp::ServerParser:
   if (auto it = by_name_.find(r->name); it != by_name_.end()) {
     r->local = &commands_[it->second];
     if (r->oob) {
-      return in_order(error_reply("GenericError",
-                                  "The command " + r->name + " does not support OOB", r->id));
+      return in_order(
+          error_reply("GenericError", "The command " + r->name + " does not support OOB", r->id));
     }
     if (auto bad = check_local_args(*r->local, r->args)) {
       return in_order(error_reply("GenericError", bad->get<std::string>(), r->id));
@@ -390,10 +393,8 @@ void ControlServer::add_own_commands(const std::string& name, json& ret) const {
       std::vector<std::string> names = c.aliases;
       names.insert(names.begin(), c.name);
       for (const std::string& n : names) {
-        ret.push_back({{"name", n},
-                       {"meta-type", "command"},
-                       {"arg-type", arg_type},
-                       {"ret-type", "any"}});
+        ret.push_back(
+            {{"name", n}, {"meta-type", "command"}, {"arg-type", arg_type}, {"ret-type", "any"}});
       }
     }
   }
@@ -402,14 +403,18 @@ void ControlServer::add_own_commands(const std::string& name, json& ret) const {
 awaitable<void> ControlServer::run(std::shared_ptr<Session> s, std::shared_ptr<Slot> slot,
                                    std::shared_ptr<Request> r) {
   json reply;
+  // No temporaries or ?: inside the co_await expressions: GCC 12 destroys
+  // such temporaries twice.
+  json args;
+  if (!r->args.empty()) args = r->args;
   try {
     json ret;
     if (r->local) {
       ret = co_await r->local->fn(r->args);
     } else if (r->oob) {
-      ret = co_await qemu_.execute_oob(r->name, r->args.empty() ? json() : r->args);
+      ret = co_await qemu_.execute_oob(r->name, std::move(args));
     } else {
-      ret = co_await qemu_.execute(r->name, r->args.empty() ? json() : r->args);
+      ret = co_await qemu_.execute(r->name, std::move(args));
     }
     add_own_commands(r->name, ret);
     reply = {{"return", std::move(ret)}};

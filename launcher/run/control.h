@@ -101,8 +101,7 @@ class ControlServer {
   std::optional<json> check_local_args(const Command& c, const json& args) const;
   boost::asio::awaitable<void> run(std::shared_ptr<Session> s, std::shared_ptr<Slot> slot,
                                    std::shared_ptr<Request> r);
-  void complete(const std::shared_ptr<Session>& s, const std::shared_ptr<Slot>& slot,
-                json reply);
+  void complete(const std::shared_ptr<Session>& s, const std::shared_ptr<Slot>& slot, json reply);
   void send(const std::shared_ptr<Session>& s, std::string msg);
   void finish_if_done(const std::shared_ptr<Session>& s);
   void drop(const std::shared_ptr<Session>& s, const std::string& why);
