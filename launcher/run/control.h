@@ -21,7 +21,8 @@
 // does not read) or when it hangs up; after a half-close (shutdown(SHUT_WR))
 // it still gets every reply, then the server closes. A command whose compact
 // JSON exceeds kMaxCommand is refused here: QEMU reads its monitor a byte at a
-// time (about 10 us a byte), and every client shares passlaunch's connection.
+// time (about 10 us a byte), and every client shares passlaunch's connection,
+// so a big command would hold up everyone's.
 #pragma once
 
 // clang-format off
@@ -64,7 +65,7 @@ class ControlServer {
   /// Messages waiting for a client that does not read before it is dropped.
   static constexpr size_t kMaxQueued = 4096;
   /// The largest command forwarded to QEMU, as compact JSON (docs/control.md).
-  static constexpr size_t kMaxCommand = 64 * 1024;
+  static constexpr size_t kMaxCommand = 16 * 1024;
   /// The largest input message parsed at all (QEMU: 64 MiB).
   static constexpr size_t kMaxMessage = qmp::ServerParser::kDefaultMaxMessage;
   /// Commands of one client awaiting their reply before its socket is no
