@@ -144,6 +144,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
   bool fd_busy = false;
   std::deque<std::shared_ptr<Waiter>> fd_waiters;
   bool quit_sent = false;
+  bool oob = false;  ///< the oob capability was negotiated
   std::optional<json> last_shutdown;
   std::vector<std::pair<std::uint64_t, Client::Listener>> listeners;
   std::uint64_t next_listener = 1;
@@ -464,7 +465,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
   }
 
   static awaitable<json> command(std::shared_ptr<Impl> self, std::string name, json args, int fd,
-                                 std::optional<Duration> timeout) {
+                                 std::optional<Duration> timeout, bool exec_oob = false) {
     Duration limit = timeout.value_or(self->opt.command_timeout);
     Clock::time_point deadline = Clock::now() + limit;
     if (!args.is_null() && !args.is_object()) {
@@ -475,7 +476,10 @@ struct Impl : std::enable_shared_from_this<Impl> {
       if (self->end_error) throw *self->end_error;
       throw Error(ErrorKind::disconnected, "QMP command '" + name + "': not connected", name);
     }
-    json msg = {{"execute", name}};
+    if (exec_oob && !self->oob) {
+      throw Error(ErrorKind::protocol, "QMP command '" + name + "': oob was not negotiated", name);
+    }
+    json msg = {{exec_oob ? "exec-oob" : "execute", name}};
     if (!args.is_null()) msg["arguments"] = std::move(args);
     std::uint64_t id = self->next_id++;
     msg["id"] = id;
@@ -600,10 +604,12 @@ struct Impl : std::enable_shared_from_this<Impl> {
                      "client connected?)");
     }
     const auto& caps = self->greeting.capabilities;
-    if (opts.oob && std::find(caps.begin(), caps.end(), "oob") == caps.end()) {
+    bool offered = std::find(caps.begin(), caps.end(), "oob") != caps.end();
+    if (opts.oob && !offered) {
       throw fail(ErrorKind::protocol, "QEMU at " + path + " does not offer the oob capability");
     }
-    json args = opts.oob ? json{{"enable", json::array({"oob"})}} : json(nullptr);
+    bool want_oob = opts.oob || (opts.oob_if_offered && offered);
+    json args = want_oob ? json{{"enable", json::array({"oob"})}} : json(nullptr);
     std::optional<Error> failure;
     try {
       co_await command(self, "qmp_capabilities", std::move(args), -1, opts.greeting_timeout);
@@ -617,6 +623,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
           "QMP negotiation with " + path + " failed: " + failure->what());
     }
     if (self->state == State::closed) throw *self->end_error;
+    self->oob = want_oob;
     self->state = State::ready;
     co_return self->greeting;
   }
@@ -701,6 +708,12 @@ awaitable<Greeting> Client::connect(std::string path, ConnectOptions opts) {
 awaitable<json> Client::execute(std::string name, json args, std::optional<Duration> timeout) {
   return detail::Impl::command(impl_, std::move(name), std::move(args), -1, timeout);
 }
+
+awaitable<json> Client::execute_oob(std::string name, json args, std::optional<Duration> timeout) {
+  return detail::Impl::command(impl_, std::move(name), std::move(args), -1, timeout, true);
+}
+
+bool Client::oob_enabled() const { return impl_->oob; }
 
 awaitable<json> Client::execute_with_fd(std::string name, json args, int fd,
                                         std::optional<Duration> timeout) {

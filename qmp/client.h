@@ -69,6 +69,8 @@ struct ConnectOptions {
   std::function<bool()> peer_alive;
   /// Ask for the oob capability (fails with ErrorKind::protocol if not offered).
   bool oob = false;
+  /// Ask for oob only if the greeting offers it (Client::oob_enabled() says).
+  bool oob_if_offered = false;
 };
 
 struct Greeting {
@@ -159,6 +161,14 @@ class Client {
   /// returns {} (a normal end).
   awaitable<json> execute(std::string name, json args = nullptr,
                           std::optional<Duration> timeout = std::nullopt);
+
+  /// Like execute(), sent as {"exec-oob": name, ...}: QEMU runs it out of
+  /// band (only commands that allow it; others get QEMU's error). Throws
+  /// ErrorKind::protocol unless oob was negotiated.
+  awaitable<json> execute_oob(std::string name, json args = nullptr,
+                              std::optional<Duration> timeout = std::nullopt);
+  /// True once oob was negotiated with QEMU.
+  bool oob_enabled() const;
 
   /// Like execute(), with `fd` attached by SCM_RIGHTS to the same sendmsg as
   /// the command (for getfd / add-fd). The fd is duplicated: the caller keeps

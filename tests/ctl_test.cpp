@@ -103,11 +103,13 @@ TEST_F(CtlQemu, TwoClientsGetEventsAndOneLeavingMidCommandDisturbsNobody) {
   ASSERT_EQ(::write(raw, msg.data(), msg.size()), static_cast<ssize_t>(msg.size()));
   ::close(raw);
 
-  // And a fourth sends garbage: it is told so and dropped, alone.
+  // And a fourth sends garbage and closes its write side: it is told so (as
+  // QEMU would, the connection is kept), then closed once answered.
   int junk = ::socket(AF_UNIX, SOCK_STREAM, 0);
   ASSERT_EQ(::connect(junk, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
   std::string bad = "}}}not json";
   ASSERT_EQ(::write(junk, bad.data(), bad.size()), static_cast<ssize_t>(bad.size()));
+  ::shutdown(junk, SHUT_WR);
   std::string got;
   char buf[512];
   for (ssize_t n; (n = ::read(junk, buf, sizeof buf)) > 0;) got.append(buf, n);

@@ -155,7 +155,7 @@ class FsFreeze {
 };
 
 int snapshot(Control& c, const std::string& op, const std::string& tag, bool disk_only) {
-  json status = c.execute("passlaunch-status");
+  json status = c.execute("__org.passlaunch_status");
   bool vfio = status.value("vfio", false) || (disk_only && op == "save");
   auto disks = qcow2_disks(c);
   if (op == "list") {
@@ -304,7 +304,7 @@ int show_display(const std::string& name) {
 
 struct VmEntry {
   std::string name;
-  json status;  // passlaunch-status, or {"status": "unreachable"}
+  json status;  // __org.passlaunch_status, or {"status": "unreachable"}
 };
 
 std::vector<VmEntry> running_vms() {
@@ -317,7 +317,7 @@ std::vector<VmEntry> running_vms() {
     VmEntry v{name, {{"name", name}, {"status", "starting"}}};
     try {
       Control c(name);
-      v.status = c.execute("passlaunch-status", nullptr, 5s);
+      v.status = c.execute("__org.passlaunch_status", nullptr, 5s);
     } catch (const Error&) {
     }
     out.push_back(v);
@@ -381,7 +381,7 @@ void add_ctl_commands(CLI::App& app, Action& action) {
   status->callback([o, &action] {
     action = [o]() -> int {
       Control c(o->name);
-      json st = c.execute("passlaunch-status");
+      json st = c.execute("__org.passlaunch_status");
       if (o->json) {
         std::cout << st.dump(2) << "\n";
       } else {
@@ -411,7 +411,7 @@ void add_ctl_commands(CLI::App& app, Action& action) {
       } else if (::access((runtime_dir_for(o->name) + "/qga.sock").c_str(), F_OK) == 0) {
         std::cout << o->name << ": the guest agent does not answer: pressing the power button\n";
       }
-      c.execute("passlaunch-shutdown", args);
+      c.execute("__org.passlaunch_shutdown", args);
       int wait = (o->timeout > 0 ? o->timeout : 3600) + 10;
       return wait_until_stopped(c, wait);
     };

@@ -464,6 +464,7 @@ class Supervisor {
     co.timeout = 30s;
     co.greeting_timeout = 30s;  // TCG on a loaded host can be slow to greet
     co.peer_alive = [this] { return !exited_; };
+    co.oob_if_offered = true;  // so the control socket can offer oob to its clients
     qmp_.add_listener([this](const json& ev) { on_event(ev); });
     co_await qmp_.connect(qmp_path_, co);
     long connected = elapsed_ms();
@@ -512,7 +513,10 @@ class Supervisor {
   /// The QMP-speaking control socket for `ctl`, `list` and any QMP client.
   void start_control() {
     control_.emplace(io_.get_executor(), control_path_, qmp_);
-    control_->add_command("passlaunch-status", [this](const json&) -> awaitable<json> {
+    // Named as the QMP spec asks of downstream additions; the old names stay
+    // as aliases.
+    ControlServer::Command status{ControlServer::kStatus, {"passlaunch-status"}, {}, {}};
+    status.fn = [this](const json&) -> awaitable<json> {
       json st = co_await qmp_.execute("query-status");
       auto up = std::chrono::system_clock::now() - started_at_;
       co_return json{{"name", profile_.name},
@@ -524,11 +528,16 @@ class Supervisor {
                      {"shutting-down", outcome_.shutting_down},
                      {"vfio", std::any_of(profile_.devices.begin(), profile_.devices.end(),
                                           [](const VfioDevice& d) { return d.attach; })}};
-    });
-    control_->add_command("passlaunch-shutdown", [this](const json& args) -> awaitable<json> {
+    };
+    control_->add_command(std::move(status));
+    ControlServer::Command shutdown{ControlServer::kShutdown,
+                                    {"passlaunch-shutdown"},
+                                    {{"timeout", "int"}, {"power-button", "bool"}},
+                                    {}};
+    shutdown.fn = [this](const json& args) -> awaitable<json> {
       if (args.is_object() && args.contains("timeout")) {
         if (!args["timeout"].is_number_integer() || args["timeout"].get<int>() < 1) {
-          throw qmp::Error(qmp::ErrorKind::command_error, "bad timeout", "passlaunch-shutdown",
+          throw qmp::Error(qmp::ErrorKind::command_error, "bad timeout", ControlServer::kShutdown,
                            "GenericError", "'timeout' must be a positive integer (seconds)");
         }
         timeout_s_ = args["timeout"].get<int>();
@@ -536,15 +545,17 @@ class Supervisor {
       // "power-button": false — `ctl shutdown` has asked the guest agent already.
       if (args.is_object() && args.contains("power-button")) {
         if (!args["power-button"].is_boolean()) {
-          throw qmp::Error(qmp::ErrorKind::command_error, "bad power-button", "passlaunch-shutdown",
-                           "GenericError", "'power-button' must be true or false");
+          throw qmp::Error(qmp::ErrorKind::command_error, "bad power-button",
+                           ControlServer::kShutdown, "GenericError",
+                           "'power-button' must be true or false");
         }
         first_press_ = args["power-button"].get<bool>();
       }
       request_shutdown(first_press_ ? "the control socket"
                                     : "the control socket (through the guest agent)");
       co_return json::object();
-    });
+    };
+    control_->add_command(std::move(shutdown));
     control_->start();
   }
 

@@ -141,7 +141,7 @@ int listen_unix(const std::string& path) {
   mode_t old = ::umask(0177);
   int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
   ::umask(old);
-  if (rc != 0 || ::listen(fd, 4) != 0) {
+  if (rc != 0 || ::listen(fd, SOMAXCONN) != 0) {
     int err = errno;
     ::close(fd);
     throw system_error(Exit::kEnvironment, "cannot listen on", path, err);

@@ -34,7 +34,8 @@ class RuntimeDir {
 };
 
 /// A listening Unix socket at `path` (mode 0600, replacing a stale file):
-/// QMP and swtpm inherit one, the control socket serves on one.
+/// QMP and swtpm inherit one, the control socket serves on one. The backlog
+/// is SOMAXCONN, so a burst of clients connecting at once all get through.
 int listen_unix(const std::string& path);
 
 /// The launcher pid recorded in a VM's lock file, if a launcher holds it now.
