@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <tuple>
 
 #include "qmp/client.h"
 #include "test_util.h"
@@ -24,7 +25,7 @@ using test::passlaunch_cmd;
 class CtlQemu : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "the pin plan needs 2 CPUs";
+    if (!test::may_pin_guest_profile()) GTEST_SKIP() << "the pin plan needs CPUs 0 and 1";
     name_ = "c" + std::to_string(::getpid());
   }
   /// Starts the VM and waits until its guest is ready.
@@ -210,39 +211,114 @@ TEST(Ctl, VmThatIsNotRunningIsExit3) {
 namespace pl {
 namespace {
 
-// The hotkey helpers return at once; the VM comes up, and toggle stops it.
-TEST_F(CtlQemu, HotkeyScriptsStartAndToggleReturnAtOnce) {
-  std::string profile = dir_.path() + "/" + name_ + ".json";
-  std::ofstream(profile) << test::guest_profile(name_, "normal");
-  ::setenv("PASSLAUNCH", PL_PASSLAUNCH, 1);
-  ::setenv("XDG_RUNTIME_DIR", dir_.path().c_str(), 1);
-  auto t0 = std::chrono::steady_clock::now();
-  auto [code, out] = test::capture({std::string(PL_SOURCE_DIR) + "/scripts/start", profile});
-  EXPECT_EQ(code, 0) << out;
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "start returns at once";
-  std::string log = dir_.path() + "/passlaunch-" + name_ + ".log";
-  bool ready = false;
-  for (int i = 0; i < 900 && !ready; ++i) {
-    std::ifstream in(log);
-    std::string text((std::istreambuf_iterator<char>(in)), {});
-    ready = text.find("passlaunch-guest: ready") != std::string::npos;
-    if (!ready) std::this_thread::sleep_for(100ms);
+// The hotkey helpers (scripts/start, stop, toggle) return at once and log
+// where the host logs: to journald when its socket exists, else to syslog,
+// else to a file. Each path is tested in a mount namespace of its own whose
+// /run is a fresh tmpfs (so this host's own journald, if any, is hidden),
+// with tests/helpers/log_sink listening where journald or syslog would.
+class HotkeyQemu : public CtlQemu {
+ protected:
+  void TearDown() override {
+    ::unsetenv("PASSLAUNCH_SYSLOG_SOCKET");
+    if (test::run_command({PL_PASSLAUNCH, "ctl", name_, "poweroff"}) == 0) {
+      for (int i = 0; i < 300 && passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first == 0;
+           ++i) {
+        std::this_thread::sleep_for(100ms);
+      }
+    }
+    CtlQemu::TearDown();
   }
-  ASSERT_TRUE(ready) << "the VM's output is logged to " << log;
-  EXPECT_EQ(passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first, 0);
+  /// Starts the namespace's holder: log_sink on `sockets` ("stream:PATH",
+  /// "dgram:PATH"), writing to sink_out().
+  void start_sink(const std::vector<std::string>& sockets) {
+    std::vector<std::string> argv = {
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && exec \"$@\"",
+        "sh",
+        PL_LOG_SINK,
+        sink_out()};
+    argv.insert(argv.end(), sockets.begin(), sockets.end());
+    sink_ = std::make_unique<test::Passlaunch>(argv, dir_.path(), true);
+    ASSERT_TRUE(sink_->out().wait_for("ready", 10s)) << sink_->out().text();
+  }
+  std::string sink_out() const { return dir_.path() + "/sink.log"; }
+  /// A hotkey script run inside the namespace: {exit code, output, seconds taken}.
+  std::tuple<int, std::string, double> script(const std::string& which, const std::string& arg) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto [code, out] =
+        test::capture({"nsenter", "--target", std::to_string(sink_->pid()), "--mount", "--",
+                       std::string(PL_SOURCE_DIR) + "/scripts/" + which, arg});
+    return {code, out,
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+  }
+  /// Waits until `file` contains `needle`.
+  static bool file_has(const std::string& file, const std::string& needle,
+                       std::chrono::seconds timeout = 90s) {
+    for (auto t0 = std::chrono::steady_clock::now();
+         std::chrono::steady_clock::now() - t0 < timeout; std::this_thread::sleep_for(100ms)) {
+      std::ifstream in(file);
+      std::string text((std::istreambuf_iterator<char>(in)), {});
+      if (text.find(needle) != std::string::npos) return true;
+    }
+    return false;
+  }
+  /// toggle starts the VM and returns at once, its output reaches `log`;
+  /// toggle again shuts the guest down and returns at once; the shutdown's
+  /// outcome reaches `log` too.
+  void toggle_round(const std::string& log) {
+    std::string profile = dir_.path() + "/" + name_ + ".json";
+    std::ofstream(profile) << test::guest_profile(name_, "normal");
+    ::setenv("PASSLAUNCH", PL_PASSLAUNCH, 1);
+    ::setenv("XDG_RUNTIME_DIR", dir_.path().c_str(), 1);
+    auto [code, out, took] = script("toggle", profile);
+    EXPECT_EQ(code, 0) << out;
+    EXPECT_NE(out.find("starting " + name_), std::string::npos) << out;
+    EXPECT_LT(took, 5.0) << "toggle (start) returns at once";
+    ASSERT_TRUE(file_has(log, "passlaunch-guest: ready")) << "the VM's output goes to " << log;
+    EXPECT_EQ(passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first, 0);
 
-  auto [c2, o2] = test::capture({std::string(PL_SOURCE_DIR) + "/scripts/toggle", name_});
-  EXPECT_EQ(c2, 0) << o2;
-  EXPECT_NE(o2.find("stopping " + name_), std::string::npos) << o2;
-  bool gone = false;
-  for (int i = 0; i < 600 && !gone; ++i) {
-    gone = passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first == 3;
-    if (!gone) std::this_thread::sleep_for(100ms);
+    auto [c2, o2, took2] = script("toggle", profile);
+    EXPECT_EQ(c2, 0) << o2;
+    EXPECT_NE(o2.find("stopping " + name_), std::string::npos) << o2;
+    EXPECT_LT(took2, 5.0) << "toggle (stop) returns at once, before the guest is down";
+    EXPECT_TRUE(file_has(log, "the guest shut down")) << log;
+    bool gone = false;
+    for (int i = 0; i < 600 && !gone; ++i) {
+      gone = passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first == 3;
+      if (!gone) std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_TRUE(gone);
   }
-  EXPECT_TRUE(gone);
-  std::ifstream in(log);
-  std::string text((std::istreambuf_iterator<char>(in)), {});
-  EXPECT_NE(text.find("the guest shut down"), std::string::npos) << text;
+  std::unique_ptr<test::Passlaunch> sink_;
+};
+
+TEST_F(HotkeyQemu, TogglesLogToTheJournalWhenJournaldRuns) {
+  start_sink({"dgram:/run/systemd/journal/socket", "stream:/run/systemd/journal/stdout"});
+  ::setenv("PASSLAUNCH_SYSLOG_SOCKET", (dir_.path() + "/unused.sock").c_str(), 1);
+  toggle_round(sink_out());
+  // systemd-cat's stream header names the tag (journalctl -t passlaunch-NAME).
+  EXPECT_TRUE(file_has(sink_out(), "passlaunch-" + name_ + "\n", 1s));
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/passlaunch-" + name_ + ".log"));
+}
+
+TEST_F(HotkeyQemu, TogglesLogToSyslogWhenNoJournalRuns) {
+  std::string socket = dir_.path() + "/dev-log";
+  start_sink({"dgram:" + socket});
+  ::setenv("PASSLAUNCH_SYSLOG_SOCKET", socket.c_str(), 1);
+  toggle_round(sink_out());
+  EXPECT_TRUE(file_has(sink_out(), "passlaunch-" + name_ + ": ", 1s)) << "logger's tag";
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/passlaunch-" + name_ + ".log"));
+}
+
+TEST_F(HotkeyQemu, TogglesLogToAFileWithoutJournalOrSyslog) {
+  start_sink({});
+  ::setenv("PASSLAUNCH_SYSLOG_SOCKET", (dir_.path() + "/no-such.sock").c_str(), 1);
+  toggle_round(dir_.path() + "/passlaunch-" + name_ + ".log");
 }
 
 TEST(Scripts, SystemdUnitVerifies) {

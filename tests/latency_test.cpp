@@ -1008,7 +1008,7 @@ TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
 // Real QEMU (paused; KVM or TCG) with a qemu.pid but no passlaunch control
 // socket: its debug-threads names give the roles, and a warning says so.
 // (tests/run_test.cpp: with a control socket, roles come from QMP.)
-TEST(LatencyCli, QemuThreadsGetTheirRolesByVmName) {
+TEST(LatencyCliQemu, ThreadsOfQemuGetTheirRolesByVmName) {
   test::Qemu qemu(test::paused_qemu_argv(
       {"-name", "lat,debug-threads=on", "-smp", "2", "-object", "iothread,id=iothread0"}));
   pid_t pid = qemu.pid();

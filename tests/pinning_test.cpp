@@ -15,6 +15,18 @@
 namespace pl {
 namespace {
 
+/// `f` throws pl::Error with `code` and a message containing `what`.
+template <typename F>
+void expect_error(F f, Exit code, const std::string& what) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected " << what;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+  }
+}
+
 Pinning seed_like() {
   Pinning p;
   p.vcpus = {0, 1, 2, 3};
@@ -56,12 +68,20 @@ TEST(PinPlan, ThreadRolesComeFromQmpNotNames) {
 
 TEST(PinPlan, MoreVcpusThanPinsIsAnError) {
   QemuThreads q{{{0, 1}, {1, 2}}, {}};
-  EXPECT_THROW(plan_pins(Pinning{{3}, {}, {}, {}}, q, {{1, "a"}, {2, "b"}}), Error);
+  expect_error(
+      [&] {
+        plan_pins(Pinning{{3}, {}, {}, {}}, q, {{1, "a"}, {2, "b"}});
+      },
+      Exit::kFailed, "QEMU reports vCPU 1, but the profile pins 1 vCPUs");
 }
 
 TEST(PinPlan, UnknownThreadIdIsAnError) {
   QemuThreads q{{{0, 99}}, {}};
-  EXPECT_THROW(plan_pins(Pinning{{3}, {}, {}, {}}, q, {{1, "a"}}), Error);
+  expect_error(
+      [&] {
+        plan_pins(Pinning{{3}, {}, {}, {}}, q, {{1, "a"}});
+      },
+      Exit::kFailed, "QMP names thread 99 for vCPU 0, but QEMU has no such thread");
 }
 
 CpuTopology host8() {
@@ -142,7 +162,7 @@ TEST(PinCheck, ReadsTopologyFromSysfsLayout) {
 
 // Real QEMU, paused: thread ids from QMP, pins applied, /proc agrees.
 TEST(PinQemu, PinsEveryThreadOfAPausedQemu) {
-  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs 2 CPUs";
+  if (!test::may_pin_guest_profile()) GTEST_SKIP() << "needs CPUs 0 and 1";
   test::Qemu qemu(test::paused_qemu_argv(
       {"-name", "pintest,debug-threads=on", "-smp", "2", "-object", "iothread,id=io1"}));
   auto cpus = nlohmann::json::parse(qemu.qmp(R"({"execute": "query-cpus-fast"})"))["return"];
@@ -169,7 +189,7 @@ TEST(PinQemu, PinsEveryThreadOfAPausedQemu) {
   EXPECT_NE(table.find("iothread io1"), std::string::npos) << table;
 }
 
-TEST(PinQemu, PinToCpuOutsideCpusetFailsWithCpusetInMessage) {
+TEST(PinApply, PinToCpuOutsideCpusetFailsWithCpusetInMessage) {
   std::vector<ThreadPin> pins = {{::gettid(), "self", ThreadRole::kVcpu, "vCPU 0", {4000}}};
   try {
     apply_pins(pins, std::nullopt);

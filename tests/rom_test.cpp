@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/text.h"
+#include "sim_host.h"
 
 namespace pl::rom {
 namespace {
@@ -641,6 +642,40 @@ TEST_F(Rom, AtomicWriteFailureLeavesNoTempFile) {
   write_file_atomic((dir_ / "x.rom").string(), data);
   EXPECT_EQ(slurp((dir_ / "x.rom").string()), data);
   EXPECT_EQ(files(), (std::vector<std::string>{"x.rom"}));
+}
+
+// `check PROFILE` validates each romfile by run's rules: a raw dump is a
+// failure naming the file and JSON path, a ROM of another GPU too, and a
+// valid ROM of the device's own ids passes. (The GPU's ids come from sysfs,
+// here the simulated host's RTX 2080 Ti, 10de:1e07.)
+TEST_F(Rom, CheckProfileValidatesRomfilesLikeRun) {
+  host::sim::SimHost h;
+  auto check_with = [&](const std::string& rom) {
+    std::string profile = (dir_ / "gpu.json").string();
+    std::ofstream(profile)
+        << R"({"name": "romcheck", "memory": {"size_mib": 1024}, "cpu": {"vcpus": 1},
+      "devices": [{"type": "vfio", "address": "0000:01:00.0", "romfile": ")" +
+               rom + R"("}, {"type": "vfio", "address": "0000:01:00.1"},
+                  {"type": "vfio", "address": "0000:01:00.2"}, {"type": "vfio", "address": "0000:01:00.3"}]})";
+    return cli({"check", "--host-root", h.root(), profile});
+  };
+  Run good = check_with(write("good.rom", legacy_efi_pair()));
+  EXPECT_NE(good.out.find("pass  romfile " + (dir_ / "good.rom").string() +
+                          " for 0000:01:00.0: a valid ROM (2 images)"),
+            std::string::npos)
+      << good.out << good.err;
+
+  Run dump = check_with(write("dump.rom", cat({vendor_header(), legacy_efi_pair()})));
+  EXPECT_EQ(dump.code, 3) << dump.out << dump.err;
+  EXPECT_NE(dump.out.find("FAIL  " + (dir_ / "gpu.json").string() + ": /devices/0/romfile: "),
+            std::string::npos)
+      << dump.out;
+  EXPECT_NE(dump.out.find("rom patch"), std::string::npos) << "the fix is shown\n" << dump.out;
+
+  Run other = check_with(write("other.rom", legacy_efi_pair(0x2204)));
+  EXPECT_EQ(other.code, 3) << other.out << other.err;
+  EXPECT_NE(other.out.find("/devices/0/romfile: "), std::string::npos) << other.out;
+  EXPECT_NE(other.out.find("2204"), std::string::npos) << other.out;
 }
 
 }  // namespace

@@ -44,9 +44,13 @@ bool alive(pid_t pid) { return ::kill(pid, 0) == 0; }
 class RunQemu : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "the pin plan needs 2 CPUs";
+    if (!test::may_pin_guest_profile()) GTEST_SKIP() << "the pin plan needs CPUs 0 and 1";
     name_ = "t" + std::to_string(::getpid());
+    // Journals and OVMF vars under this test's own state root, never the
+    // host's /var/lib/passlaunch (a failed run would leave state there).
+    ::setenv("PASSLAUNCH_STATE_DIR", (dir_.path() + "/state").c_str(), 1);
   }
+  void TearDown() override { ::unsetenv("PASSLAUNCH_STATE_DIR"); }
   std::string write_profile(const std::string& text) {
     std::string path = dir_.path() + "/" + name_ + ".json";
     std::ofstream(path) << text;
@@ -62,6 +66,10 @@ class RunQemu : public ::testing::Test {
   test::TempDir dir_;
   std::string name_;
 };
+
+/// Runs that are refused before QEMU starts: no "Qemu" in the suite name, so
+/// they are not labelled qemu (tests/CMakeLists.txt).
+class RunRefused : public RunQemu {};
 
 TEST_F(RunQemu, BootsPinnedAndPowersOffOnSigterm) {
   Passlaunch run({"run", write_profile(guest_profile(name_, "normal"))}, dir_.path());
@@ -197,7 +205,7 @@ TEST_F(RunQemu, QemuRefusingToStartIsAStartupFailure) {
   EXPECT_FALSE(fs::exists(runtime()));
 }
 
-TEST_F(RunQemu, BadProfileStartsNothing) {
+TEST_F(RunRefused, BadProfileStartsNothing) {
   auto [code, out] = passlaunch_cmd(
       {"run",
        write_profile(
@@ -208,7 +216,7 @@ TEST_F(RunQemu, BadProfileStartsNothing) {
   EXPECT_FALSE(fs::exists(dir_.path() + "/passlaunch/x"));
 }
 
-TEST_F(RunQemu, PinPlanOutsideTheHostIsRefusedBeforeStart) {
+TEST_F(RunRefused, PinPlanOutsideTheHostIsRefusedBeforeStart) {
   std::string text = guest_profile(name_, "normal");
   text = std::regex_replace(text, std::regex(R"("vcpus": \[1\])"), R"("vcpus": [4000])");
   auto [code, out] = passlaunch_cmd({"run", write_profile(text)}, dir_.path());
@@ -223,30 +231,7 @@ TEST_F(RunQemu, PinPlanOutsideTheHostIsRefusedBeforeStart) {
 namespace pl {
 namespace {
 
-/// A network namespace with a veth pair pl-veth0/pl-veth1, removed at the end.
-class NetNs {
- public:
-  NetNs() : name_("pl-test-" + std::to_string(::getpid())) {
-    test::run_command({"ip", "netns", "del", name_});
-    ok_ = test::run_command({"ip", "netns", "add", name_}) == 0 &&
-          test::run_command({"ip", "-n", name_, "link", "add", "pl-veth0", "type", "veth", "peer",
-                             "name", "pl-veth1"}) == 0 &&
-          test::run_command({"ip", "-n", name_, "link", "set", "pl-veth0", "up"}) == 0 &&
-          test::run_command({"ip", "-n", name_, "link", "set", "pl-veth1", "up"}) == 0;
-  }
-  ~NetNs() { test::run_command({"ip", "netns", "del", name_}); }
-  bool ok() const { return ok_; }
-  const std::string& name() const { return name_; }
-  /// `ip -d link` inside the namespace.
-  std::string links() {
-    auto [code, out] = test::capture({"ip", "-n", name_, "-d", "link", "show"});
-    return out;
-  }
-
- private:
-  std::string name_;
-  bool ok_ = false;
-};
+using test::NetNs;
 
 TEST_F(RunQemu, MacvtapIsCreatedForTheGuestAndRemovedAfterShutdown) {
   NetNs ns;
@@ -309,7 +294,7 @@ TEST_F(RunQemu, MacvtapOfAKilledLauncherIsRemovedByRecover) {
   EXPECT_EQ(rc2, 0) << "recover is idempotent: " << rout2;
 }
 
-TEST_F(RunQemu, MacvtapOnAMissingLinkStartsNothing) {
+TEST_F(RunRefused, MacvtapOnAMissingLinkStartsNothing) {
   NetNs ns;
   ASSERT_TRUE(ns.ok());
   std::string profile = write_profile(guest_profile(

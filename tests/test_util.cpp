@@ -1,10 +1,12 @@
 #include "test_util.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
@@ -40,6 +42,34 @@ std::pair<int, std::string> capture(const std::vector<std::string>& argv) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out.text()};
 }
 
+NetNs::NetNs(const std::string& tag) : name_("pl-test-" + std::to_string(::getpid()) + tag) {
+  run_command({"ip", "netns", "del", name_});
+  ok_ = run_command({"ip", "netns", "add", name_}) == 0 &&
+        run_command({"ip", "-n", name_, "link", "add", "pl-veth0", "type", "veth", "peer", "name",
+                     "pl-veth1"}) == 0 &&
+        run_command({"ip", "-n", name_, "link", "set", "pl-veth0", "up"}) == 0 &&
+        run_command({"ip", "-n", name_, "link", "set", "pl-veth1", "up"}) == 0;
+}
+
+NetNs::~NetNs() { run_command({"ip", "netns", "del", name_}); }
+
+std::string NetNs::links() { return capture({"ip", "-n", name_, "-d", "link", "show"}).second; }
+
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  std::vector<int> out;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return out;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) out.push_back(c);
+  return out;
+}
+
+bool may_pin_guest_profile() {
+  std::vector<int> cpus = allowed_cpus();
+  return std::find(cpus.begin(), cpus.end(), 0) != cpus.end() &&
+         std::find(cpus.begin(), cpus.end(), 1) != cpus.end();
+}
+
 std::string cpus_allowed_list(pid_t pid, pid_t tid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
   for (std::string line; std::getline(in, line);) {
@@ -63,9 +93,9 @@ std::string guest_profile(const std::string& name, const std::string& variant,
 
 Output::~Output() { ::close(fd_); }
 
-bool Output::wait_for(const std::string& needle, std::chrono::milliseconds timeout) {
+bool Output::wait_for(const std::string& needle, std::chrono::milliseconds timeout, size_t from) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (text_.find(needle) == std::string::npos) {
+  while (text_.find(needle, from) == std::string::npos) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     pollfd p{fd_, POLLIN, 0};

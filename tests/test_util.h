@@ -21,6 +21,11 @@ int run_command(const std::vector<std::string>& argv);
 /// Runs a program (no shell): {exit status or -1, stdout and stderr}.
 std::pair<int, std::string> capture(const std::vector<std::string>& argv);
 
+/// The CPUs this process may run on (its affinity, inside its cpuset).
+std::vector<int> allowed_cpus();
+/// True when this process may run on CPUs 0 and 1, which guest_profile pins to.
+bool may_pin_guest_profile();
+
 /// Cpus_allowed_list of a thread, from /proc/PID/task/TID/status ("" if gone).
 std::string cpus_allowed_list(pid_t pid, pid_t tid);
 
@@ -34,9 +39,10 @@ class Output {
  public:
   explicit Output(int fd) : fd_(fd) {}
   ~Output();
-  /// Waits until `needle` has appeared; false on EOF or timeout.
+  /// Waits until `needle` has appeared (at or after offset `from` of the
+  /// text); false on EOF or timeout.
   bool wait_for(const std::string& needle,
-                std::chrono::milliseconds timeout = std::chrono::seconds(90));
+                std::chrono::milliseconds timeout = std::chrono::seconds(90), size_t from = 0);
   /// Reads until EOF (at most 30 s).
   void drain();
   const std::string& text() const { return text_; }
@@ -63,6 +69,24 @@ class Passlaunch {
   pid_t pid_;
   bool reaped_ = false;
   std::unique_ptr<Output> out_;
+};
+
+/// A network namespace with a veth pair pl-veth0/pl-veth1 (both up), removed
+/// at the end. Named after the test process and `tag`, so tests never collide.
+class NetNs {
+ public:
+  explicit NetNs(const std::string& tag = "");
+  ~NetNs();
+  NetNs(const NetNs&) = delete;
+  NetNs& operator=(const NetNs&) = delete;
+  bool ok() const { return ok_; }
+  const std::string& name() const { return name_; }
+  /// `ip -d link show` inside the namespace.
+  std::string links();
+
+ private:
+  std::string name_;
+  bool ok_ = false;
 };
 
 /// Runs `passlaunch ARGS...` to completion: {exit code, output}.

@@ -13,6 +13,7 @@
 #include "host/pci.h"
 #include "host/vfio_conf.h"
 #include "profile/profile.h"
+#include "rom/rom.h"
 
 namespace pl::cli {
 namespace {
@@ -71,9 +72,44 @@ int run_iommu(const std::string& root, bool json) {
   return 0;
 }
 
-int run_check(const std::string& root, const host::CheckOptions& options) {
+/// The romfiles of a profile, by the rules `run` applies (rom::check_romfile,
+/// which run's validate_romfile throws from): a valid ROM chain from offset 0
+/// of the device's own vendor and device id when sysfs knows the device.
+std::vector<host::CheckLine> check_romfiles(const host::HostFs& fs, const Profile& p) {
+  std::vector<host::CheckLine> lines;
+  for (size_t i = 0; i < p.devices.size(); ++i) {
+    const VfioDevice& d = p.devices[i];
+    if (d.romfile.empty()) continue;
+    std::optional<uint16_t> vendor, device;
+    if (auto pci = host::read_pci_device(fs, d.address.str())) {
+      vendor = pci->vendor;
+      device = pci->device;
+    }
+    const std::string where = p.file + ": /devices/" + std::to_string(i) + "/romfile: ";
+    rom::RomfileReport r = rom::check_romfile(d.romfile, vendor, device);
+    if (!r.ok()) {
+      lines.push_back({host::CheckLine::kFail, where + r.problem, r.hint});
+      continue;
+    }
+    for (const std::string& w : r.warnings) {
+      lines.push_back({host::CheckLine::kWarn, where + w, ""});
+    }
+    lines.push_back({host::CheckLine::kPass,
+                     "romfile " + d.romfile + " for " + d.address.str() + ": a valid ROM (" +
+                         std::to_string(r.chain->images.size()) + " image" +
+                         (r.chain->images.size() == 1 ? "" : "s") + ")",
+                     ""});
+  }
+  return lines;
+}
+
+int run_check(const std::string& root, const host::CheckOptions& options,
+              const std::optional<Profile>& profile) {
   host::HostFs fs(root);
   auto lines = host::check_host(fs, options);
+  if (profile) {
+    for (auto& l : check_romfiles(fs, *profile)) lines.push_back(std::move(l));
+  }
   std::cout << host::format_check(lines);
   bool failed = std::any_of(lines.begin(), lines.end(), [](const host::CheckLine& l) {
     return l.level == host::CheckLine::kFail;
@@ -142,19 +178,21 @@ void add_host_commands(CLI::App& app, Action& action) {
     auto profile = std::make_shared<std::string>();
     auto options = std::make_shared<host::CheckOptions>();
     cmd->add_option("--host-root", *root, "Directory standing for / (sysfs, procfs)");
-    cmd->add_option("PROFILE", *profile, "Check the devices and firmware of this profile");
+    cmd->add_option("PROFILE", *profile,
+                    "Check the devices, firmware and romfiles of this profile");
     cmd->add_option("--device", options->devices, "PCI address the VM will take (repeatable)");
     cmd->add_option("--qemu", options->qemu, "QEMU binary");
     cmd->callback([&action, root, profile, options] {
       action = [root, profile, options] {
+        std::optional<Profile> p;
         if (!profile->empty()) {
-          Profile p = load_profile(*profile, {.files = false});
-          for (const auto& d : p.devices) options->devices.push_back(d.address.str());
-          for (const auto* f : {&p.firmware.code, &p.firmware.vars_template}) {
+          p = load_profile(*profile, {.files = false});
+          for (const auto& d : p->devices) options->devices.push_back(d.address.str());
+          for (const auto* f : {&p->firmware.code, &p->firmware.vars_template}) {
             if (!f->empty()) options->firmware.push_back(*f);
           }
         }
-        return run_check(*root, *options);
+        return run_check(*root, *options, p);
       };
     });
   }

@@ -5,13 +5,19 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 
 #include "core/error.h"
 
 namespace pl::host {
 namespace {
 
-constexpr const char* kBase = "/var/lib/passlaunch";
+/// Where journals live: /var/lib/passlaunch, or $PASSLAUNCH_STATE_DIR (the
+/// same state root as the OVMF vars copy, run/facts.h; tests use their own).
+std::string base() {
+  const char* dir = std::getenv("PASSLAUNCH_STATE_DIR");
+  return (dir && *dir) ? std::string(dir) : "/var/lib/passlaunch";
+}
 
 void fsync_path(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECTORY);
@@ -50,11 +56,11 @@ void write_all(int fd, const std::string& text, const std::string& path) {
 
 }  // namespace
 
-std::string Journal::dir_for(const std::string& vm) { return std::string(kBase) + "/" + vm; }
+std::string Journal::dir_for(const std::string& vm) { return base() + "/" + vm; }
 
 std::vector<std::string> Journal::list(const HostFs& fs) {
   std::vector<std::string> out;
-  for (const auto& name : fs.list(kBase)) {
+  for (const auto& name : fs.list(base())) {
     if (fs.exists(dir_for(name) + "/journal")) out.push_back(name);
   }
   return out;

@@ -21,7 +21,7 @@ namespace pl::host {
 
 class Journal {
  public:
-  /// "/var/lib/passlaunch/NAME" (host path).
+  /// "/var/lib/passlaunch/NAME" (host path), or "$PASSLAUNCH_STATE_DIR/NAME".
   static std::string dir_for(const std::string& vm);
   /// Names of the VMs that have a journal under this host root.
   static std::vector<std::string> list(const HostFs& fs);

@@ -648,14 +648,14 @@ class Supervisor {
   awaitable<void> graceful_shutdown() {
     auto deadline = Clock::now() + std::chrono::seconds(timeout_s_);
     auto again = Clock::now() + std::min<Clock::duration>(5s, std::chrono::seconds(timeout_s_) / 2);
-    if (first_press_) co_await press_power_button();
+    if (first_press_) co_await press_power_button(again);
     asio::steady_timer timer(io_);
     timer.expires_at(again);
     co_await timer.async_wait(use_awaitable);
     if (!outcome_.guest_shutdown) {
       log(first_press_ ? "the guest has not shut down yet: pressing the power button again"
                        : "the guest has not shut down yet: pressing the power button");
-      co_await press_power_button();
+      co_await press_power_button(deadline);
     }
     timer.expires_at(deadline);
     co_await timer.async_wait(use_awaitable);
@@ -663,25 +663,29 @@ class Supervisor {
     co_await quit();
   }
 
-  awaitable<void> press_power_button() {
+  /// system_powerdown, its reply awaited at most until `until`: a QEMU that
+  /// does not answer must not hold up the timeout that follows.
+  awaitable<void> press_power_button(Clock::time_point until) {
     try {
-      co_await qmp_.execute("system_powerdown");
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
+      co_await qmp_.execute("system_powerdown", nullptr, std::max(left, 100ms));
     } catch (const std::exception& e) {
       log(std::string("system_powerdown failed: ") + e.what());
     }
   }
 
-  /// `quit`, then SIGKILL if QEMU is still there 5 s later.
+  /// `quit`, then SIGKILL if QEMU is still there 5 s after it was sent,
+  /// whether or not QEMU answered (a stopped or hung QEMU answers nothing).
   awaitable<void> quit() {
     if (quitting_) co_return;
     quitting_ = true;
     outcome_.forced = !outcome_.guest_shutdown;
+    asio::steady_timer timer(io_, 5s);
     try {
       co_await qmp_.execute("quit", nullptr, 5s);
     } catch (const std::exception& e) {
       log(std::string("quit: ") + e.what());
     }
-    asio::steady_timer timer(io_, 5s);
     co_await timer.async_wait(use_awaitable);
     log("QEMU did not exit 5 s after quit: SIGKILL");
     kill_qemu();

@@ -6,6 +6,8 @@
 PL_INSTALLED_PASSLAUNCH=
 PASSLAUNCH=${PASSLAUNCH:-${PL_INSTALLED_PASSLAUNCH:-$(command -v passlaunch || echo "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/launcher/passlaunch")}}
 PROFILE_DIR=${PASSLAUNCH_PROFILES:-/etc/passlaunch}
+# The syslog socket, used when no journal runs (tests point it elsewhere).
+SYSLOG_SOCKET=${PASSLAUNCH_SYSLOG_SOCKET:-/dev/log}
 
 # pl_profile NAME|PATH -> the profile file
 pl_profile() {
@@ -23,14 +25,17 @@ pl_name() {
   esac
 }
 
-# pl_log TAG COMMAND... : runs COMMAND detached, its output to the journal.
+# pl_detach TAG COMMAND... : runs COMMAND detached, its output to the journal
+# (systemd-cat, when journald's socket exists), else to syslog (logger), else
+# appended to $XDG_RUNTIME_DIR/TAG.log.
 pl_detach() {
   local tag=$1
   shift
   if [ -S /run/systemd/journal/socket ] && command -v systemd-cat >/dev/null; then
     setsid systemd-cat -t "$tag" "$@" </dev/null >/dev/null 2>&1 &
-  elif command -v logger >/dev/null && [ -S /dev/log ]; then
-    setsid bash -c '"$@" 2>&1 | logger -t "$0"' "$tag" "$@" </dev/null >/dev/null 2>&1 &
+  elif command -v logger >/dev/null && [ -S "$SYSLOG_SOCKET" ]; then
+    setsid bash -c 'tag=$1 socket=$2; shift 2; "$@" 2>&1 | logger -t "$tag" -u "$socket"' \
+      bash "$tag" "$SYSLOG_SOCKET" "$@" </dev/null >/dev/null 2>&1 &
   else
     local log=${XDG_RUNTIME_DIR:-/tmp}/$tag.log
     setsid "$@" </dev/null >>"$log" 2>&1 &
