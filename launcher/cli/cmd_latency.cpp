@@ -15,6 +15,7 @@
 #include "cli/control_client.h"
 #include "core/error.h"
 #include "latency/procfs.h"
+#include "latency/profiler.h"
 #include "latency/report.h"
 #include "latency/role.h"
 #include "latency/sampler.h"
@@ -37,6 +38,11 @@ struct LatencyArgs {
   std::string csv;
   std::string plot;
   size_t max_threads = 256;
+  std::string source = "auto";
+  std::string threshold = "100us";
+  std::string window = "100ms";
+  bool watch = false;
+  bool duration_given = false;
 };
 
 std::chrono::nanoseconds duration_arg(const std::string& option, const std::string& text,
@@ -49,16 +55,24 @@ std::chrono::nanoseconds duration_arg(const std::string& option, const std::stri
   return *d;
 }
 
-// Runs the sampler on this thread; SIGINT/SIGTERM stop it early (the report
-// still prints). The signals are blocked and taken by a waiter thread.
-void sample_until_done(latency::Sampler& sampler) {
-  sigset_t set, old;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, &old);
+// Runs the profiler on this thread; SIGINT/SIGTERM stop it early (the report
+// still prints). The signals are blocked (by the caller, before the profiler
+// was made); the BPF source takes them through its own signalfd, the procfs
+// sampler through a waiter thread.
+void sample_until_done(latency::Profiler& sampler, bool takes_signals, const sigset_t& set,
+                       const sigset_t& old) {
+  if (takes_signals) {
+    try {
+      sampler.run();
+    } catch (...) {
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      throw;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    return;
+  }
   std::atomic<bool> done{false};
-  std::thread waiter([&] {
+  std::thread waiter([&, set] {
     timespec tick{0, 100'000'000};
     while (!done.load()) {
       if (sigtimedwait(&set, nullptr, &tick) > 0) sampler.stop();
@@ -123,7 +137,21 @@ int run_latency(const LatencyArgs& a) {
   if (a.name.empty() == (a.pid == 0))
     throw Error(Exit::kUsage, "latency: give a VM NAME or --pid PID (exactly one)");
   latency::SamplerOptions o;
-  o.duration = duration_arg("--duration", a.duration);
+  auto source = latency::parse_source(a.source);
+  if (!source)
+    throw Error(Exit::kUsage, "latency: --source '" + a.source + "'",
+                "expected auto, bpf, tracefs or procfs");
+  o.source = *source;
+  o.threshold = duration_arg("--threshold", a.threshold);
+  o.window = duration_arg("--window", a.window);
+  if (o.window < std::chrono::milliseconds(1))
+    throw Error(Exit::kUsage,
+                "latency: --window " + a.window + " is too short; expected at least 1ms");
+  // --watch runs until Ctrl-C unless a duration is given.
+  if (a.watch && !a.duration_given)
+    o.duration = std::chrono::nanoseconds(0);
+  else
+    o.duration = duration_arg("--duration", a.duration);
   o.interval = duration_arg("--interval", a.interval);
   o.rescan_interval = duration_arg("--rescan", a.rescan);
   o.cpu_sample_interval = duration_arg("--cpu-sample", a.cpu_sample);
@@ -134,7 +162,7 @@ int run_latency(const LatencyArgs& a) {
     o.reader = latency::ReadMethod::kPread;
   else
     throw Error(Exit::kUsage, "latency: --reader '" + a.reader + "': expected uring or pread");
-  if (o.interval > o.duration)
+  if (o.duration.count() > 0 && o.interval > o.duration)
     throw Error(Exit::kUsage,
                 "latency: --interval " + a.interval + " is longer than --duration " + a.duration);
   o.max_threads = a.max_threads;
@@ -157,9 +185,29 @@ int run_latency(const LatencyArgs& a) {
     nofile.rlim_cur = nofile.rlim_max;
     setrlimit(RLIMIT_NOFILE, &nofile);
   }
-  latency::Sampler sampler(o);
-  sample_until_done(sampler);
-  latency::Report report = sampler.report();
+  if (a.watch)
+    o.on_second = [](const latency::Report& r) {
+      std::cout << "\033[H\033[J" << latency::format_table(r) << std::flush;
+    };
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, &old);
+  o.stop_on_signals = true;  // the BPF source's signalfd; the procfs sampler ignores it
+  latency::ProfilerChoice choice;
+  try {
+    choice = latency::make_profiler(o);
+  } catch (...) {
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw;
+  }
+  if (!choice.notice.empty()) std::cerr << choice.notice << "\n";
+  if (a.watch && choice.source != latency::Source::kBpf)
+    std::cerr << "latency: --watch needs the bpf source; the report prints at the end\n";
+  sample_until_done(*choice.profiler, choice.source == latency::Source::kBpf, set, old);
+  latency::Report report = choice.profiler->report();
+  report.source_notice = choice.notice;
 
   if (!a.plot.empty()) {
     std::ofstream out(a.plot, std::ios::trunc);
@@ -185,7 +233,20 @@ void add_latency_commands(CLI::App& app, Action& action) {
   cmd->add_option("--pid", args->pid, "Sample this process instead of a VM")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--duration", args->duration, "How long to sample (e.g. 10s, 2m)")
+      ->capture_default_str()
+      ->each([args](const std::string&) { args->duration_given = true; });
+  cmd->add_option("--source", args->source,
+                  "Where the numbers come from: auto (bpf if it can run, else procfs), bpf, "
+                  "tracefs or procfs")
       ->capture_default_str();
+  cmd->add_option("--threshold", args->threshold,
+                  "bpf: stream every wait at least this long (the report's events)")
+      ->capture_default_str();
+  cmd->add_option("--window", args->window,
+                  "bpf: resolution of the plot, CSV and --watch (longest wait per window)")
+      ->capture_default_str();
+  cmd->add_flag("--watch", args->watch,
+                "bpf: redraw the table every second until Ctrl-C (or --duration)");
   cmd->add_option("--interval", args->interval, "Sampling interval (e.g. 1ms, 500us)")
       ->capture_default_str();
   cmd->add_flag("--json", args->json, "Print the report as JSON");

@@ -28,6 +28,13 @@ void Histogram::add(uint64_t ns) {
   max_ = std::max(max_, ns);
 }
 
+void Histogram::add_bucket(int bucket, uint64_t n, uint64_t max) {
+  if (bucket < 0 || bucket >= kBuckets || n == 0) return;
+  counts_[bucket] += static_cast<uint32_t>(n);
+  count_ += n;
+  max_ = std::max(max_, max);
+}
+
 uint64_t Histogram::quantile(double q) const {
   if (count_ == 0) return 0;
   q = std::clamp(q, 0.0, 1.0);

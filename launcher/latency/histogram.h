@@ -16,6 +16,7 @@ class Histogram {
   void add(uint64_t ns);
   uint64_t count() const { return count_; }
   uint64_t max() const { return max_; }
+  uint32_t bucket_count(int bucket) const { return counts_[bucket]; }
   /// The value at quantile q in [0, 1] (0.5 = median): the upper edge of the
   /// bucket holding that rank, clamped to the maximum. 0 when empty.
   uint64_t quantile(double q) const;
@@ -24,6 +25,11 @@ class Histogram {
   static constexpr int kSubBits = 5;
   static constexpr int kTopExponent = 42;
   static constexpr int kBuckets = kExact + (kTopExponent - 6) * (1 << kSubBits);
+
+  /// Adds `n` values to `bucket` at once, e.g. counts kept by the BPF
+  /// source's kernel side, which buckets alike (bpf/latency.bpf.c).
+  /// `max` is the largest value added, kept exactly.
+  void add_bucket(int bucket, uint64_t n, uint64_t max);
 
   static int bucket_of(uint64_t ns);
   static uint64_t upper_edge(int bucket);  ///< the largest value in the bucket

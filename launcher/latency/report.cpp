@@ -62,7 +62,43 @@ std::string axis_label(double v) {
   return buf;
 }
 
+nlohmann::json wait_json(const WaitStats& w) {
+  nlohmann::json buckets = nlohmann::json::array();
+  for (const auto& [edge, n] : w.buckets) buckets.push_back({round_to(edge, 0.001), n});
+  return {{"count", w.count},
+          {"total", round_to(w.total_us, 0.1)},
+          {"p50", round_to(w.p50_us, 0.1)},
+          {"p90", round_to(w.p90_us, 0.1)},
+          {"p99", round_to(w.p99_us, 0.1)},
+          {"max", round_to(w.max_us, 0.1)},
+          {"buckets", buckets}};
+}
+
+nlohmann::json blockers_json(const std::vector<Blocker>& list) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const Blocker& b : list) {
+    nlohmann::json j = {{"kind", b.kind},
+                        {"id", b.id},
+                        {"name", b.name},
+                        {"time_us", round_to(b.time_us, 0.1)},
+                        {"count", b.count}};
+    if (b.kind == "task") j["pid"] = b.pid;
+    if (!b.cgroup.empty()) j["cgroup"] = b.cgroup;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
 }  // namespace
+
+std::string blocker_label(const Blocker& b) {
+  if (b.kind == "task") return b.name + "[" + std::to_string(b.id) + "]";
+  if (b.kind == "irq") return "irq " + std::to_string(b.id) + (b.name.empty() ? "" : " " + b.name);
+  if (b.kind == "softirq") return "softirq " + (b.name.empty() ? std::to_string(b.id) : b.name);
+  if (b.kind == "local_timer") return "local timer";
+  if (b.kind == "idle") return "idle exit";
+  return b.kind;
+}
 
 nlohmann::json to_json(const Report& r) {
   nlohmann::json threads = nlohmann::json::array();
@@ -95,6 +131,22 @@ nlohmann::json to_json(const Report& r) {
         {"other_tasks", others},
     };
     if (!t.allowed_cpus_now.empty()) j["allowed_cpus_now"] = t.allowed_cpus_now;
+    if (r.source == "bpf") {
+      j["wakeup_us"] = wait_json(t.wakeup);
+      j["preempt_us"] = wait_json(t.preempt);
+      j["waking_us"] = wait_json(t.waking);
+      j["worst_wait"] = {{"us", round_to(t.worst_wait_us, 0.001)},
+                         {"at_s", round_to(t.worst_wait_at_s, 0.000001)},
+                         {"kind", t.worst_wait_kind},
+                         {"cpu", t.worst_wait_cpu}};
+      j["migrations"] = t.migrations;
+      j["outside_allowed_us"] = round_to(t.outside_us, 0.1);
+      j["noise_us"] = round_to(t.noise_us, 0.1);
+      j["noise_count"] = t.noise_count;
+      j["noise"] = blockers_json(t.noise);
+      j["blockers"] = blockers_json(t.blockers);
+      j["blame_lost_us"] = round_to(t.blame_lost_us, 0.1);
+    }
     threads.push_back(std::move(j));
   }
   nlohmann::json j = {
@@ -117,10 +169,119 @@ nlohmann::json to_json(const Report& r) {
       {"threads", threads},
   };
   if (!r.vm.empty()) j["vm"] = r.vm;
+  j["source"] = r.source;
+  if (!r.source_notice.empty()) j["source_notice"] = r.source_notice;
+  if (r.source == "bpf") {
+    nlohmann::json events = nlohmann::json::array();
+    for (const WaitEvent& e : r.events)
+      events.push_back({{"at_s", round_to(e.at_s, 0.000001)},
+                        {"tid", e.tid},
+                        {"kind", e.kind},
+                        {"cpu", e.cpu},
+                        {"wait_us", round_to(e.wait_us, 0.001)},
+                        {"waking_us", round_to(e.waking_us, 0.001)},
+                        {"top_blocker", e.top_blocker},
+                        {"top_us", round_to(e.top_us, 0.1)}});
+    j["threshold_us"] = r.threshold_us;
+    j["events"] = events;
+    j["events_dropped"] = r.events_dropped;
+    j["cost"] = {{"bpf_events", r.bpf_events},
+                 {"bpf_ns_per_event", round_to(r.bpf_ns_per_event, 0.1)},
+                 {"bpf_cpu_share", round_to(r.bpf_cpu_share, 0.00001)},
+                 {"user_cpu_share", round_to(r.sampler_cpu_share, 0.00001)}};
+    j["slots_full"] = r.slots_full;
+  }
   return j;
 }
 
+namespace {
+
+std::string align(const std::vector<std::vector<std::string>>& rows, size_t left_cols) {
+  std::vector<size_t> width(rows[0].size(), 0);
+  for (const auto& row : rows)
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      bool left = i >= 1 && i <= left_cols;
+      std::string pad(width[i] - row[i].size(), ' ');
+      line += left ? row[i] + pad : pad + row[i];
+      if (i + 1 < row.size()) line += "  ";
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+std::string triple(const WaitStats& w) {
+  if (w.count == 0) return "-";
+  return fixed(w.p50_us, 1) + "/" + fixed(w.p99_us, 1) + "/" + fixed(w.max_us, 1);
+}
+
+// The BPF source's table: every wait, kept apart by kind, and who was in the way.
+std::string format_bpf_table(const Report& r) {
+  std::string out;
+  char head[512];
+  std::snprintf(head, sizeof head,
+                "pid %d%s: %.1f s, source bpf (every wait from the scheduler's events); cost: "
+                "%.0f ns x %llu events = %.3f%% of a core in the kernel, %.3f%% in user space\n",
+                r.pid, r.vm.empty() ? "" : (" (" + r.vm + ")").c_str(), r.duration_s,
+                r.bpf_ns_per_event, static_cast<unsigned long long>(r.bpf_events),
+                r.bpf_cpu_share * 100, r.sampler_cpu_share * 100);
+  out += head;
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"TID", "ROLE", "NAME", "CPUS", "CPU%", "WAKEUPS", "WAKEUP p50/p99/max us",
+                  "PREEMPTS", "PREEMPT p50/p99/max us", "WORST us (at s)", "MIGR", "OUTSIDE us",
+                  "NOISE us"});
+  for (const ThreadReport& t : r.threads) {
+    std::string cpus = t.allowed_cpus;
+    if (!t.allowed_cpus_now.empty()) cpus += "->" + t.allowed_cpus_now;
+    rows.push_back({std::to_string(t.tid) + (t.exited ? "*" : ""), t.role, t.name, cpus,
+                    fixed(t.cpu_share * 100, 1), std::to_string(t.wakeup.count), triple(t.wakeup),
+                    std::to_string(t.preempt.count), triple(t.preempt),
+                    t.worst_wait_us > 0
+                        ? fixed(t.worst_wait_us, 1) + " (" + fixed(t.worst_wait_at_s, 3) + ")"
+                        : "-",
+                    std::to_string(t.migrations), fixed(t.outside_us, 0), fixed(t.noise_us, 1)});
+  }
+  out += align(rows, 3);
+  if (std::any_of(r.threads.begin(), r.threads.end(), [](auto& t) { return t.exited; }))
+    out += "* exited while profiled\n";
+  bool any = false;
+  for (const ThreadReport& t : r.threads) {
+    if (t.blockers.empty() && t.noise.empty()) continue;
+    if (!any) out += "Who was in the way (while waiting) and noise (while running), most first:\n";
+    any = true;
+    std::string line = "  " + std::to_string(t.tid) + " " + t.role + ":";
+    size_t n = 0;
+    for (const Blocker& b : t.blockers) {
+      if (n++ == 4) break;
+      line += " " + blocker_label(b) + (b.cgroup.empty() ? "" : " (" + b.cgroup + ")") + " " +
+              fixed(b.time_us, 0) + "us/" + std::to_string(b.count);
+    }
+    if (!t.noise.empty()) {
+      line += " | noise:";
+      n = 0;
+      for (const Blocker& b : t.noise) {
+        if (n++ == 3) break;
+        line +=
+            " " + blocker_label(b) + " " + fixed(b.time_us, 0) + "us/" + std::to_string(b.count);
+      }
+    }
+    out += line + "\n";
+  }
+  if (!r.events.empty() || r.events_dropped)
+    out += std::to_string(r.events.size()) + " waits over " + fixed(r.threshold_us, 0) +
+           " us streamed (" + std::to_string(r.events_dropped) + " dropped); see --json\n";
+  return out;
+}
+
+}  // namespace
+
 std::string format_table(const Report& r) {
+  if (r.source == "bpf") return format_bpf_table(r);
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"TID", "ROLE", "NAME", "CPUS", "CPU%", "WAIT%", "P50us", "P99us", "MAXus",
                   "SLICES/s", "INVOL/s", "OUTSIDE"});

@@ -18,6 +18,39 @@ struct OtherTask {
   uint64_t samples = 0;  ///< scans in which it was seen on those CPUs
 };
 
+/// Who ran on a thread's CPU while it waited (blame), or interrupted it while
+/// it ran (noise). BPF source only.
+struct Blocker {
+  std::string kind;    ///< "task", "irq", "softirq", "local_timer", "idle"
+  int id = 0;          ///< task: tid; irq: number; softirq: vector; local_timer: vector
+  int pid = 0;         ///< task: its process (tgid)
+  std::string name;    ///< task: comm; irq: the handler's name; softirq: "NET_RX", ...
+  std::string cgroup;  ///< task: its cgroup v2 path, when not the root
+  double time_us = 0;
+  uint64_t count = 0;  ///< times it got in the way (noise: interruptions)
+};
+
+/// One kind of wait (wakeup latency, preemption delay, waking->wakeup): every
+/// one, from the scheduler's events. BPF source only.
+struct WaitStats {
+  uint64_t count = 0;
+  double total_us = 0, p50_us = 0, p90_us = 0, p99_us = 0, max_us = 0;
+  /// Non-empty histogram buckets: the bucket's upper edge (µs) and its count.
+  std::vector<std::pair<double, uint64_t>> buckets;
+};
+
+/// A wait over the threshold, as streamed from the kernel.
+struct WaitEvent {
+  double at_s = 0;  ///< when it ended, from the start of profiling
+  int tid = 0;
+  std::string kind;  ///< "wakeup" or "preempt"
+  int cpu = -1;
+  double wait_us = 0;
+  double waking_us = 0;     ///< sched_waking -> sched_wakeup part (wakeups)
+  std::string top_blocker;  ///< "task stress[1234]", "irq 24 virtio0", ...
+  double top_us = 0;        ///< its longest single stretch in the wait
+};
+
 struct ThreadReport {
   int tid = 0;
   std::string name;          ///< /proc/PID/task/TID/comm when first seen
@@ -36,6 +69,20 @@ struct ThreadReport {
   bool exited = false;                 ///< exited while sampled
   std::vector<OtherTask> other_tasks;  ///< most seen first, at most 5
   std::vector<float> delay_series_us;  ///< max delay per plot bucket; NaN = not observed
+
+  // BPF source only (empty / zero otherwise).
+  WaitStats wakeup, preempt, waking;
+  double worst_wait_us = 0;
+  double worst_wait_at_s = 0;  ///< when it ended, from the start of profiling
+  std::string worst_wait_kind;
+  int worst_wait_cpu = -1;
+  uint64_t migrations = 0;
+  double outside_us = 0;  ///< run time on CPUs outside allowed_cpus
+  double noise_us = 0;    ///< IRQ and softirq time while it was the running task
+  uint64_t noise_count = 0;
+  double blame_lost_us = 0;       ///< wait time no blocker could be given for
+  std::vector<Blocker> blockers;  ///< most time first
+  std::vector<Blocker> noise;     ///< most time first
 };
 
 struct Report {
@@ -58,11 +105,26 @@ struct Report {
   uint64_t short_reads = 0;  ///< io_uring reads that came short: finished on io-wq
   uint64_t rereads = 0;      ///< reads cut by a file that grew, read again whole
   std::vector<ThreadReport> threads;
+
+  std::string source = "procfs";  ///< "bpf" or "procfs"
+  std::string source_notice;      ///< why this source, when not the one asked for
+  // BPF source only.
+  double threshold_us = 0;
+  std::vector<WaitEvent> events;  ///< waits over the threshold, at most kMaxEvents
+  uint64_t events_dropped = 0;    ///< over kMaxEvents, or lost in a full ring
+  static constexpr size_t kMaxEvents = 10000;
+  uint64_t bpf_events = 0;      ///< tracepoint hits run by the programs
+  double bpf_ns_per_event = 0;  ///< their mean run time (bpf_stats)
+  double bpf_cpu_share = 0;     ///< kernel-side cost, of one core
+  uint64_t slots_full = 0;      ///< threads left untracked
 };
 
 /// {"pid":..,"threads":[{"tid","name","role","allowed_cpus","runqueue_delay_us":{"p50","p99",
 /// "max"},"cpu_share","involuntary_switches_per_s","outside_allowed_samples",...}],...}
 nlohmann::json to_json(const Report& report);
+
+/// A blocker's label: "task stress[1234]", "irq 24 virtio0-input", "softirq NET_RX".
+std::string blocker_label(const Blocker& b);
 
 /// One row per thread, aligned columns, then the other tasks seen per thread.
 std::string format_table(const Report& report);

@@ -28,6 +28,7 @@
 #include "core/error.h"
 #include "latency/histogram.h"
 #include "latency/procfs.h"
+#include "latency/profiler.h"
 #include "latency/role.h"
 
 namespace pl::latency {
@@ -1039,19 +1040,19 @@ Sampler::Stats Sampler::stats() const {
 // ---------------------------------------------------------------------------
 
 struct BackgroundSampler::Impl {
-  Sampler sampler;
+  ProfilerChoice choice;
   std::thread thread;
   std::exception_ptr error;
   std::atomic<bool> finished{false};
-  explicit Impl(SamplerOptions o) : sampler(std::move(o)) {}
+  explicit Impl(const SamplerOptions& o) : choice(make_profiler(o)) {}
 };
 
 BackgroundSampler::BackgroundSampler(SamplerOptions options)
-    : impl_(std::make_unique<Impl>(std::move(options))) {
+    : impl_(std::make_unique<Impl>(options)) {
   Impl* m = impl_.get();
   m->thread = std::thread([m] {
     try {
-      m->sampler.run();
+      m->choice.profiler->run();
     } catch (...) {
       m->error = std::current_exception();
     }
@@ -1061,20 +1062,23 @@ BackgroundSampler::BackgroundSampler(SamplerOptions options)
 
 BackgroundSampler::~BackgroundSampler() {
   if (impl_ && impl_->thread.joinable()) {
-    impl_->sampler.stop();
+    impl_->choice.profiler->stop();
     impl_->thread.join();
   }
 }
 
 Report BackgroundSampler::stop() {
-  impl_->sampler.stop();
+  impl_->choice.profiler->stop();
   if (impl_->thread.joinable()) impl_->thread.join();
   if (impl_->error) std::rethrow_exception(impl_->error);
-  return impl_->sampler.report();
+  Report r = impl_->choice.profiler->report();
+  r.source_notice = impl_->choice.notice;
+  return r;
 }
 
-uint64_t BackgroundSampler::ticks() const { return impl_->sampler.stats().ticks; }
+uint64_t BackgroundSampler::ticks() const { return impl_->choice.profiler->ticks(); }
 bool BackgroundSampler::finished() const { return impl_->finished.load(); }
+const std::string& BackgroundSampler::notice() const { return impl_->choice.notice; }
 
 void BackgroundSampler::stop_and_write(const std::string& path) { write_json_report(stop(), path); }
 

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -27,6 +28,11 @@ using namespace std::chrono_literals;
 /// How a tick's reads reach the kernel: one io_uring submission, or one
 /// pread(2) per file (the baseline the benchmark compares against).
 enum class ReadMethod { kUring, kPread };
+
+/// Where the numbers come from (docs/latency.md). kAuto: BPF if it can run
+/// here, else procfs, with a one-line notice saying why (make_profiler in
+/// latency/profiler.h).
+enum class Source { kAuto, kBpf, kTracefs, kProcfs };
 
 struct SamplerOptions {
   int pid = 0;
@@ -49,6 +55,19 @@ struct SamplerOptions {
   /// the thread's name, which the kernel truncates to 15 bytes. Threads not
   /// listed are classified by name (latency/role.h).
   std::map<int, std::string> roles;
+
+  // The BPF source (latency/bpf_source.h) reads these; the procfs Sampler ignores them.
+  Source source = Source::kProcfs;
+  /// Waits at least this long are streamed one by one (the report's `events`).
+  std::chrono::nanoseconds threshold = 100us;
+  /// Resolution of the series (plot, CSV, --watch): each window's longest wait.
+  std::chrono::nanoseconds window = 100ms;
+  /// Called on the profiling thread about once a second with the report so far
+  /// (--watch). Empty: none.
+  std::function<void(const Report&)> on_second;
+  /// Stop on SIGINT/SIGTERM, taken through a signalfd in the profiler's own
+  /// wait (the caller blocks them in every thread).
+  bool stop_on_signals = false;
 };
 
 /// Samples one process. Construct, run() on one thread, stop() from any thread,
@@ -87,7 +106,8 @@ class Sampler {
 };
 
 /// For `passlaunch run --latency-log FILE`: samples a process on its own
-/// thread from construction until stop(), or until the process exits.
+/// thread from construction until stop(), or until the process exits, with
+/// the source options.source asks for (make_profiler, latency/profiler.h).
 class BackgroundSampler {
  public:
   explicit BackgroundSampler(SamplerOptions options);  ///< throws like Sampler
@@ -101,6 +121,8 @@ class BackgroundSampler {
   uint64_t ticks() const;
   /// True once sampling ended by itself (the process exited) or by stop().
   bool finished() const;
+  /// Why the source is not the one asked for (options.source), or empty.
+  const std::string& notice() const;
 
  private:
   struct Impl;
