@@ -84,8 +84,10 @@ TEST(HostHandover, PrepareHandsGroupsToVfioAndReleaseRestoresExactly) {
     EXPECT_FALSE(h.fs().exists(std::string("/sys/module/") + m)) << m;
   }
   EXPECT_TRUE(h.fs().exists("/sys/module/vfio_pci"));
-  EXPECT_EQ(h.fs().read_trimmed("/sys/class/vtconsole/vtcon1/bind"), "0");
-  EXPECT_FALSE(h.fs().readlink("/sys/devices/platform/efi-framebuffer.0/driver"));
+  // vtcon1 was unbound; then vfio-pci took the boot VGA and the kernel
+  // removed the boot framebuffer and fbcon's vtcon1 for good (6.0+).
+  EXPECT_FALSE(h.fs().exists("/sys/class/vtconsole/vtcon1"));
+  EXPECT_FALSE(h.fs().exists("/sys/devices/platform/efi-framebuffer.0"));
   EXPECT_EQ(h.services().allowed_cpus("system.slice"), "4-7");
   EXPECT_EQ(h.fs().read_trimmed("/sys/devices/system/cpu/cpu2/cpufreq/scaling_governor"),
             "performance");
@@ -104,7 +106,7 @@ TEST(HostHandover, PrepareHandsGroupsToVfioAndReleaseRestoresExactly) {
       << log.str();
 
   handover.release();
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
   EXPECT_FALSE(Journal::open(h.fs(), "win11"));
 }
 
@@ -120,7 +122,7 @@ TEST(HostHandover, HostDriverReturnsEvenWithVfioIdsConfigured) {
   handover.release();
   EXPECT_EQ(driver(h, "0000:01:00.0"), "nvidia");
   EXPECT_EQ(driver(h, "0000:03:00.0"), "nvme");
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 // ---- crash injection ------------------------------------------------------
@@ -172,7 +174,7 @@ TEST(HostHandover, KilledAfterAnyStepOrChangeRecoverRestoresInitialState) {
     const auto before = h.snapshot();
     int status = run_child(h, config, 0, all);
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    ASSERT_EQ(sim::diff(before, h.snapshot()), "");
+    ASSERT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
   }
   const auto events = lines_of(all);
   int prepare_steps = 0, release_steps = 0;
@@ -195,10 +197,10 @@ TEST(HostHandover, KilledAfterAnyStepOrChangeRecoverRestoresInitialState) {
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     HostEnv env = h.env();
     recover("", env);
-    EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+    EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
     EXPECT_TRUE(Journal::list(h.fs()).empty());
     recover("win11", env);  // idempotent
-    EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+    EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
   }
 }
 
@@ -232,7 +234,7 @@ TEST(HostHandover, FailureAtAnyPointOfPrepareRestoresHostItself) {
       EXPECT_EQ(e.code(), Exit::kFailed);
       EXPECT_EQ(std::string(e.what()), "injected (host restored)");
     }
-    EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+    EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
     EXPECT_TRUE(Journal::list(h.fs()).empty());
   }
 }
@@ -252,9 +254,9 @@ TEST(HostHandover, RecoverTwiceAfterCrashInsideReleaseIsHarmless) {
   env.on_event = nullptr;
   ASSERT_TRUE(Journal::open(h.fs(), "win11"));
   EXPECT_EQ(recover("win11", env), std::vector<std::string>{"win11"});
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
   EXPECT_TRUE(recover("win11", env).empty());
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 // ---- refusals and bad inputs: each a clear error, host unchanged -------------
@@ -271,7 +273,7 @@ void expect_refused(SimHost& h, const HandoverConfig& config, Exit code,
     EXPECT_EQ(e.code(), code) << e.what();
     EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
   }
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
   EXPECT_EQ(Journal::list(h.fs()), std::vector<std::string>{}) << "journal left behind";
 }
 
@@ -313,7 +315,7 @@ TEST(HostHandover, RefusesDeviceHeldByAnotherVm) {
               std::string::npos)
         << e.what();
   }
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
   EXPECT_EQ(Journal::list(h.fs()), std::vector<std::string>{"linux-vm"});
 }
 
@@ -403,7 +405,7 @@ TEST(HostHandover, StuckUnbindTimesOutAndKeepsJournalForRecover) {
   // ...`passlaunch recover`, a new process, restores everything.
   HostEnv fresh = h.env();
   recover("win11", fresh);
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 TEST(HostHandover, LiveJournalRefusesWithExit4AndStaleOneIsDiscarded) {
@@ -461,7 +463,7 @@ TEST(HostHandover, PlanListsEachStepForThisHost) {
   EXPECT_EQ(text.find("00:1d.0"), std::string::npos) << "the bridge stays on pcieport\n" << text;
   EXPECT_NE(text.find("    cpu0 governor powersave -> performance\n"), std::string::npos) << text;
   EXPECT_NE(text.find("7/7 hooks: skipped (no hooks in the profile)"), std::string::npos) << text;
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 TEST(HostHandover, StepsThatDoNotApplyAreSkippedAndLogged) {
@@ -488,7 +490,7 @@ TEST(HostHandover, StepsThatDoNotApplyAreSkippedAndLogged) {
   EXPECT_EQ(driver(h, "0000:00:1d.0"), "pcieport");
   EXPECT_TRUE(h.services().is_active("display-manager.service"));
   handover.release();
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 TEST(HostHandover, DryRunPlanLeavesStaleJournalAlone) {

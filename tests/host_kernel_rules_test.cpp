@@ -45,7 +45,7 @@ void expect_refused(SimHost& h, const HandoverConfig& config, Exit code,
     EXPECT_EQ(e.code(), code) << e.what();
     EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
   }
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
   EXPECT_TRUE(Journal::list(h.fs()).empty()) << "journal left behind";
 }
 
@@ -69,7 +69,7 @@ TEST(HostKernelRules, ReleaseUnloadsVfioAfterTheSoftDependencyThatHoldsIt) {
     EXPECT_TRUE(h.fs().exists("/sys/module/irqbypass")) << "kvm loaded it at boot";
     handover.release();  // threw "Resource temporarily unavailable" for vfio before
     EXPECT_FALSE(Journal::open(h.fs(), "win11"));
-    EXPECT_EQ(sim::diff(before, h.snapshot()), "") << log.str();
+    EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "") << log.str();
   }
 }
 
@@ -105,7 +105,7 @@ TEST(HostKernelRules, DisplayManagerIsWaitedForUntilInactiveAndItsSessionHasLetG
   EXPECT_FALSE(h.fs().exists("/proc/1300")) << "gnome-shell has exited";
   EXPECT_EQ(driver(h, "0000:01:00.0"), "vfio-pci");
   handover.release();
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 TEST(HostKernelRules, UnitStillDeactivatingAtTheDeadlineFailsNamingItsState) {
@@ -145,7 +145,7 @@ TEST(HostKernelRules, IsolatingHostCpusLeavesTheLauncherFreeToUseTheVmCpus) {
   EXPECT_EQ(format_cpulist(h.effective_cpus(::getpid())), "0-7");
   handover.release();
   EXPECT_EQ(h.services().unit_of(::getpid()), "session-1.scope");
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 // ---- 4: storage and sound of the group --------------------------------------
@@ -210,7 +210,7 @@ TEST(HostKernelRules, SoundServerThatExitsWithTheSessionIsWaitedFor) {
   handover.prepare();
   EXPECT_EQ(driver(h, "0000:01:00.1"), "vfio-pci");
   handover.release();
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 TEST(HostKernelRules, OnboardAudioOutsideTheGroupsIsNotWaitedFor) {
@@ -248,7 +248,7 @@ TEST(HostKernelRules, ProbeThatHangsInPrepareIsBoundedAndRecoverFinishesLater) {
   ASSERT_EQ(driver(h, "0000:01:00.0"), "vfio-pci") << "the pending probe landed";
   HostEnv fresh = h.env();
   recover("win11", fresh);
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 TEST(HostKernelRules, ModuleLoadWhoseProbeHangsAtReleaseIsBoundedAndKeepsTheJournal) {
@@ -282,6 +282,48 @@ TEST(HostKernelRules, ModuleLoadWhoseProbeHangsAtReleaseIsBoundedAndKeepsTheJour
   EXPECT_TRUE(h.fs().exists("/sys/module/nvidia_drm"));
 }
 
+// ---- 6: the boot framebuffer does not come back on 6.x ----------------------
+
+TEST(HostKernelRules, BootFramebufferTheKernelRemovedIsReportedAtReleaseNotSwallowed) {
+  SimHost h;  // 6.1
+  const auto before = h.snapshot();
+  HostEnv env = h.env();
+  auto lines = plan(seed_config(), env);
+  std::string text;
+  for (const auto& l : lines) text += l + "\n";
+  EXPECT_NE(text.find("bind 0000:01:00.0 to vfio-pci (the boot VGA: the kernel removes "
+                      "efi-framebuffer.0 for good"),
+            std::string::npos)
+      << text;
+  std::ostringstream log;
+  env.log = &log;
+  Handover handover(seed_config(), env);
+  handover.prepare();
+  EXPECT_FALSE(h.fs().exists("/sys/bus/platform/devices/efi-framebuffer.0"));
+  EXPECT_FALSE(h.fs().exists("/sys/class/vtconsole/vtcon1"));
+  handover.release();
+  // Before: the rebind's ENODEV was swallowed and nothing said so.
+  EXPECT_NE(log.str().find("release: efi-framebuffer.0 is gone for good: vfio-pci took the boot "
+                           "VGA and the kernel removed the boot framebuffer (sysfb_disable)"),
+            std::string::npos)
+      << log.str();
+  EXPECT_NE(log.str().find("release: vtcon1 is gone for good"), std::string::npos) << log.str();
+  EXPECT_NE(sim::diff(before, h.snapshot()), "") << "the loss is real";
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "") << "and nothing else is lost";
+}
+
+TEST(HostKernelRules, BootFramebufferComesBackBefore60) {
+  SimHost h("", "5.15.0-91-generic");
+  const auto before = h.snapshot();
+  std::ostringstream log;
+  HostEnv env = h.env(&log);
+  Handover handover(seed_config(), env);
+  handover.prepare();
+  handover.release();
+  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(log.str().find("gone for good"), std::string::npos) << log.str();
+}
+
 // ---- 7: group viability as the kernel decides it ----------------------------
 
 TEST(HostKernelRules, UnboundOrPciStubMemberLeftOutOfTheProfileKeepsTheGroupViable) {
@@ -298,7 +340,7 @@ TEST(HostKernelRules, UnboundOrPciStubMemberLeftOutOfTheProfileKeepsTheGroupViab
     EXPECT_EQ(driver(h, "0000:01:00.0"), "vfio-pci");
     EXPECT_EQ(driver(h, "0000:01:00.3"), drv) << "a member left out is not touched";
     handover.release();
-    EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+    EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
   }
 }
 
@@ -350,7 +392,7 @@ TEST(HostKernelRules, RecoverRefusesWhileAProcessStillHoldsTheGroupNamingIt) {
   EXPECT_EQ(driver(h, "0000:01:00.0"), "vfio-pci") << "nothing was touched";
   h.remove_process(4242);
   EXPECT_EQ(recover("win11", env), std::vector<std::string>{"win11"});
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 }  // namespace

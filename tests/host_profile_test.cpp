@@ -48,7 +48,7 @@ TEST(HostProfile, HostSectionBecomesHandoverConfig) {
   EXPECT_EQ(read_pci_device(h.fs(), "0000:01:00.3")->driver, "vfio-pci");  // attach=false too
   EXPECT_EQ(h.services().allowed_cpus("user.slice"), "4-7");
   handover.release();
-  EXPECT_EQ(sim::diff(before, h.snapshot()), "");
+  EXPECT_EQ(sim::diff(h.after_restore(before), h.snapshot()), "");
 }
 
 TEST(HostProfile, IsolationWithoutCpusLeftForHostIsRefused) {

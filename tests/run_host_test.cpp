@@ -51,7 +51,7 @@ TEST(RunHostQemu, HandoverBeforeQemuAndExactRestoreWhenQemuFails) {
   EXPECT_NE(log.str().find("prepare 5/7 vfio"), std::string::npos) << log.str();
   EXPECT_NE(log.str().find("release"), std::string::npos) << log.str();
   EXPECT_FALSE(host::Journal::open(h.fs(), "simgpu")) << "journal replayed and removed";
-  EXPECT_EQ(host::sim::diff(before, h.snapshot()), "") << log.str();
+  EXPECT_EQ(host::sim::diff(h.after_restore(before), h.snapshot()), "") << log.str();
   EXPECT_FALSE(std::filesystem::exists(runtime.path() + "/passlaunch/simgpu"));
   if (std::getenv("PL_VERBOSE")) std::cerr << log.str();
 }

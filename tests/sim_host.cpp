@@ -124,6 +124,32 @@ class Kernel {
     const std::string dir = dev_dir(addr);
     link(dir + "/driver", "/sys/bus/pci/drivers/" + drv);
     link("/sys/bus/pci/drivers/" + drv + "/" + addr, dir);
+    if (drv == "vfio-pci" && read(dir + "/boot_vga") == "1" && kernel_at_least(6, 0))
+      sysfb_disable();
+  }
+
+  /// vfio-pci's probe of the boot VGA (vfio_pci_core_register_device ->
+  /// aperture_remove_conflicting_pci_devices, 6.0+) calls sysfb_disable():
+  /// the boot framebuffer's platform device is unregistered for good
+  /// (drivers/firmware/sysfb.c); with the last framebuffer gone fbcon
+  /// unregisters, and its vtconsole (vtcon1) disappears.
+  void sysfb_disable() const {
+    for (const char* dev : {"efi-framebuffer.0", "simple-framebuffer.0"}) {
+      const std::string d = std::string("/sys/devices/platform/") + dev;
+      if (!exists(d)) continue;
+      const std::string drv = readlink_base(d + "/driver");
+      if (!drv.empty()) unlink("/sys/bus/platform/drivers/" + drv + "/" + dev);
+      unlink(std::string("/sys/bus/platform/devices/") + dev);
+      fsys::remove_all(real(d));
+      put("/.sim/state/sysfb_disabled", std::string(dev) + "\n");
+    }
+    for (const char* con : {"vtcon1"}) {
+      if (read(std::string("/sys/devices/virtual/vtconsole/") + con + "/name") !=
+          "(M) frame buffer device")
+        continue;
+      unlink(std::string("/sys/class/vtconsole/") + con);
+      fsys::remove_all(real(std::string("/sys/devices/virtual/vtconsole/") + con));
+    }
   }
   void unbind(const std::string& addr) const {
     const std::string drv = pci_driver(addr);
@@ -856,6 +882,24 @@ SimHost::SimHost(const std::string& vfio_ids, const std::string& kernel) {
   services_ = std::make_unique<SimServices>(root_);
   modules_ = std::make_unique<SimModules>(root_);
   clock_ = std::make_unique<FakeClock>(root_);
+}
+
+Snapshot SimHost::after_restore(const Snapshot& before) const {
+  Kernel k(root_);
+  if (!k.exists("/.sim/state/sysfb_disabled")) return before;
+  Snapshot out;
+  for (const auto& [path, v] : before) {
+    bool gone = false;
+    for (const char* p :
+         {"/sys/devices/platform/efi-framebuffer.0", "/sys/bus/platform/devices/efi-framebuffer.0",
+          "/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0",
+          "/sys/class/vtconsole/vtcon1", "/sys/devices/virtual/vtconsole/vtcon1"}) {
+      gone = gone || path == p || path.starts_with(std::string(p) + "/");
+    }
+    if (!gone) out[path] = v;
+  }
+  out["/.sim/state/sysfb_disabled"] = "F:efi-framebuffer.0\n";
+  return out;
 }
 
 std::vector<int> SimHost::effective_cpus(pid_t pid) const {

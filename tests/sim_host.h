@@ -7,20 +7,31 @@
 // forked child can change the host, be SIGKILLed, and the parent sees
 // exactly what the child left behind.
 //
-// Kernel rules emulated:
+// Kernel and systemd rules emulated (docs/host.md lists each with its source):
 //  - /sys/bus/pci/drivers/D/unbind removes the device's `driver` link (ENODEV
-//    when it is not bound to D); D/bind binds when D matches.
+//    when it is not bound to D); D/bind binds when D matches. An unbind
+//    blocks while a process holds the device's sound nodes, DRM nodes, or
+//    (on vfio-pci) its /dev/vfio/GROUP; a probe blocks while
+//    /.sim/state/hang_probe names the device.
 //  - driver_override: "(null)" when unset; drivers_probe binds an unbound
 //    device to the override driver only, else to the first loaded driver
 //    whose id table matches (vfio-pci: its ids= option and new_id).
-//  - loading a module registers its drivers, which take every unbound
-//    matching device; unloading unbinds them. A module with holders or a
-//    non-zero refcnt refuses to unload (EBUSY). refcnt counts holders and
-//    users, as in /sys/module/NAME/refcnt.
+//  - loading a module loads its dependencies, then it, then its "post:" soft
+//    dependencies (vfio -> vfio_iommu_type1; iommufd from 6.2); its drivers
+//    take every unbound matching device; unloading unbinds them. A module
+//    with holders or a non-zero refcnt refuses to unload with EAGAIN, as
+//    delete_module does. refcnt counts holders and users.
 //  - vtconsole bind files, platform framebuffer bind/unbind, cpufreq
-//    governors that accept only the available ones.
+//    governors that accept only the available ones; from 6.0 on vfio-pci
+//    binding the boot VGA removes the boot framebuffer and vtcon1 for good.
 //  - units own processes (/proc/PID/fd links to device nodes) and module
-//    references; stopping a unit drops both, starting it takes them again.
+//    references; a stop passes through "deactivating" for `stop_ms`, and a
+//    session process with `linger_ms` outlives the unit by that long; time
+//    passes only in Clock::sleep_for. Starting a unit takes both again.
+//  - AllowedCPUs narrows along a process's slice path (effective_cpus());
+//    move_to_scope/leave_scope place a process in machine.slice and back.
+//  - block devices below the NVMe (nvme0n1, p1, p2) with mountinfo, swaps
+//    and holders the tests can fill in.
 #pragma once
 
 #include <map>
@@ -75,6 +86,10 @@ class SimHost {
   void set_boot_id(const std::string& id);
 
   // Observations.
+  /// `before` as a complete restore leaves it: itself, less what the kernel
+  /// removed for good (the boot framebuffer and its vtcon once vfio-pci took
+  /// the boot VGA on 6.0+, see sysfb_disable in sim_host.cpp).
+  Snapshot after_restore(const Snapshot& before) const;
   /// The CPUs a process may run on: its cgroup's cpuset.cpus.effective, the
   /// intersection of AllowedCPUs along its slice path. Processes the
   /// simulation does not place (the test itself, the launcher) start in

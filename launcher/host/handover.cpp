@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <fstream>
 #include <future>
 #include <map>
@@ -316,8 +317,20 @@ void settle_pci(HostEnv& env, const json& e, std::vector<std::string>& failures)
   }
 }
 
-/// Runs one inverse. Each is idempotent: it checks the state first.
-void undo_one(HostEnv& env, const json& e, const std::string& vm, const std::string& devices) {
+/// What the console inverses find when the boot framebuffer is gone: since
+/// 6.0, vfio-pci binding the boot VGA calls aperture_remove_conflicting_pci_devices,
+/// whose sysfb_disable() unregisters efi-framebuffer.0 / simple-framebuffer.0
+/// for good (drivers/firmware/sysfb.c); with the last framebuffer fbcon
+/// unregisters and its vtcon disappears.
+const char* const kSysfbGone =
+    " is gone for good: vfio-pci took the boot VGA and the kernel removed the boot framebuffer "
+    "(sysfb_disable); the text console comes back with the GPU driver's own framebuffer "
+    "(nvidia_drm modeset=1 fbdev=1, amdgpu, i915), or after a reboot";
+
+/// Runs one inverse. Each is idempotent: it checks the state first. Returns
+/// a note for the log when what it would restore no longer exists.
+std::string undo_one(HostEnv& env, const json& e, const std::string& vm,
+                     const std::string& devices) {
   const std::string op = e.at("undo");
   if (op == "start_unit") {
     const std::string unit = e.at("unit");
@@ -325,9 +338,13 @@ void undo_one(HostEnv& env, const json& e, const std::string& vm, const std::str
   } else if (op == "write") {
     const std::string path = e.at("path"), value = e.at("value");
     auto cur = env.fs.read_trimmed(path);
+    if (!cur && path.starts_with("/sys/class/vtconsole/")) {
+      return path.substr(21, path.rfind('/') - 21) + kSysfbGone;
+    }
     if (cur && *cur != value) write_attr(env.fs, path, value, {ENODEV});
   } else if (op == "platform_bind") {
     const std::string driver = e.at("driver"), device = e.at("device");
+    if (!env.fs.exists("/sys/bus/platform/devices/" + device)) return device + kSysfbGone;
     if (!env.fs.readlink("/sys/bus/platform/devices/" + device + "/driver")) {
       write_attr(env.fs, "/sys/bus/platform/drivers/" + driver + "/bind", device, {ENODEV});
     }
@@ -382,6 +399,7 @@ void undo_one(HostEnv& env, const json& e, const std::string& vm, const std::str
   } else {
     throw Error(Exit::kFailed, "unknown journal entry \"" + op + "\"");
   }
+  return "";
 }
 
 /// Replays a journal newest first, logging each step with its duration, then
@@ -414,7 +432,7 @@ void replay(Journal& journal, HostEnv& env, const std::string& phase, bool keep_
     while (i > 0 && entries[i - 1].value("step", "") == step) {
       const json& e = entries[--i];
       try {
-        undo_one(env, e, vm, devices);
+        if (auto note = undo_one(env, e, vm, devices); !note.empty()) log(env, phase + ": " + note);
         if (e.value("undo", "") == "pci_restore") pci.push_back(e);
         if (e.value("undo", "") == "hook") {
           journal.append({{"step", "done"}, {"done", e.value("seq", 0)}});
@@ -679,10 +697,22 @@ class Steps {
                              }
                            }});
     }
+    std::vector<std::string> sysfb;  // the boot framebuffer, if still there
+    for (const char* dev : {"efi-framebuffer.0", "simple-framebuffer.0", "vesa-framebuffer.0"}) {
+      if (env_.fs.exists(std::string("/sys/bus/platform/devices/") + dev)) sysfb.push_back(dev);
+    }
+    int major = 0, minor = 0;
+    std::sscanf(env_.fs.read_trimmed("/proc/sys/kernel/osrelease").value_or("").c_str(), "%d.%d",
+                &major, &minor);
     for (const auto& d : devices) {
       if (d.driver == "vfio-pci") continue;
       const std::string addr = d.address;
-      p.changes.push_back({"bind " + addr + " to vfio-pci", nullptr, [this, addr] {
+      std::string what = "bind " + addr + " to vfio-pci";
+      if (d.boot_vga && major >= 6 && !sysfb.empty()) {
+        what += " (the boot VGA: the kernel removes " + join(sysfb, ", ") +
+                " for good, the console returns with the GPU driver's framebuffer)";
+      }
+      p.changes.push_back({what, nullptr, [this, addr] {
                              auto now = read_pci_device(env_.fs, addr);
                              if (now && now->driver.empty())
                                probe_pci(env_, addr, c_.unbind_timeout);

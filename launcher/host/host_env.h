@@ -24,15 +24,17 @@ class ServiceManager {
   virtual ~ServiceManager() = default;
   /// The unit is known to the service manager (LoadState is not "not-found").
   virtual bool exists(const std::string& unit) = 0;
-  /// The unit's ActiveState: "active", "reloading", "inactive", "failed",
-  /// "activating", "deactivating" (systemd's unit_active_state_to_string).
+  /// The unit's ActiveState: "active", "reloading", "refreshing" (systemd 256+),
+  /// "inactive", "failed", "activating", "deactivating" (systemd's
+  /// src/basic/unit-def.c).
   virtual std::string active_state(const std::string& unit) = 0;
-  /// What `systemctl is-active` answers: true for active and reloading only,
-  /// so already false while the unit is still `deactivating` and its
-  /// processes may still hold devices (see wait_inactive in handover.cpp).
+  /// What `systemctl is-active` answers (UNIT_IS_ACTIVE_OR_RELOADING): true
+  /// for active, reloading and refreshing only, so already false while the
+  /// unit is still `deactivating` and its processes may still hold devices
+  /// (see wait_inactive in handover.cpp).
   bool is_active(const std::string& unit) {
     const std::string s = active_state(unit);
-    return s == "active" || s == "reloading";
+    return s == "active" || s == "reloading" || s == "refreshing";
   }
   /// Stop queues the stop job and returns (the caller waits for ActiveState
   /// with its own deadline); start waits for the job to finish.
