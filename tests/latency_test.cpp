@@ -9,6 +9,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@
 #include "core/text.h"
 #include "core/tracepoint.h"
 #include "gtest/gtest.h"
+#include "latency/bpf_source.h"
 #include "latency/histogram.h"
 #include "latency/procfs.h"
 #include "latency/report.h"
@@ -369,7 +371,7 @@ TEST(LatencyReport, SvgHasAxesLegendAndOnePathPerThread) {
 // its workload until told to exit. Commands go through a pipe.
 class Workload {
  public:
-  enum class Kind { kSpin, kBlink, kSleep };
+  enum class Kind { kSpin, kBlink, kSleep, kTimerfd };
   struct Spec {
     Kind kind = Kind::kSleep;
     int cpu = -1;      ///< pin here; -1: leave as inherited
@@ -469,6 +471,18 @@ class Workload {
         case Kind::kSleep:
           std::this_thread::sleep_for(2ms);
           break;
+        case Kind::kTimerfd: {  // a timer interrupt every 50 us on its CPU
+          static thread_local int fd = -1;
+          if (fd < 0) {
+            fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+            prctl(PR_SET_TIMERSLACK, 1UL);
+            itimerspec its{{0, 50'000}, {0, 50'000}};
+            timerfd_settime(fd, 0, &its, nullptr);
+          }
+          uint64_t n;
+          if (read(fd, &n, sizeof n) < 0) std::this_thread::sleep_for(1ms);
+          break;
+        }
       }
     }
   }
@@ -850,6 +864,261 @@ TEST(LatencySampler, UnknownPidIsAnEnvironmentError) {
 
 // ------------------------------------------------------------ command line
 
+// ------------------------------------------------------------- BPF source
+// The BPF source against real threads on the real kernel's scheduler: each
+// test names what the kernel must have seen, not how fast it was.
+
+bool bpf_can_run(std::string* why) {
+  *why = bpf_unavailable_reason();
+  if (!why->empty()) return false;
+  try {
+    Workload w({{Workload::Kind::kSleep, -1, 0, ""}});
+    SamplerOptions o;
+    o.pid = w.pid();
+    BpfSource probe(o);
+  } catch (const Error& e) {
+    *why = e.what();
+    return false;
+  }
+  return true;
+}
+
+#define REQUIRE_BPF()                                                   \
+  do {                                                                  \
+    static std::string why;                                             \
+    static bool ok = bpf_can_run(&why);                                 \
+    if (!ok) GTEST_SKIP() << "the BPF source cannot run here: " << why; \
+  } while (0)
+
+Report profile_bpf(int pid, std::chrono::nanoseconds duration,
+                   const std::function<void(SamplerOptions&)>& tune = {}) {
+  SamplerOptions o;
+  o.pid = pid;
+  o.source = Source::kBpf;
+  o.duration = duration;
+  o.window = 10ms;
+  if (tune) tune(o);
+  BpfSource s(o);
+  s.run();
+  return s.report();
+}
+
+const Blocker* find_blocker(const std::vector<Blocker>& list, const std::string& kind, int id) {
+  for (const Blocker& b : list)
+    if (b.kind == kind && (id < 0 || b.id == id)) return &b;
+  return nullptr;
+}
+
+std::string blockers_text(const ThreadReport& t) {
+  std::string s;
+  for (const Blocker& b : t.blockers)
+    s += " " + blocker_label(b) + "=" + std::to_string(b.time_us) + "us/" + std::to_string(b.count);
+  s += " | noise:";
+  for (const Blocker& b : t.noise)
+    s += " " + blocker_label(b) + "=" + std::to_string(b.time_us) + "us/" + std::to_string(b.count);
+  return s;
+}
+
+TEST(LatencyBpf, HogsPreemptionIsBlamedOnTheHogsPid) {
+  REQUIRE_BPF();
+  std::vector<int> cpus = allowed_cpus();
+  int cpu = cpus.back();
+  Workload w(
+      {{Workload::Kind::kSpin, cpu, -20, "CPU 0/KVM"}, {Workload::Kind::kSpin, cpu, -20, "hog"}});
+  Report r = profile_bpf(w.pid(), 1s);
+  EXPECT_EQ(r.source, "bpf");
+  const ThreadReport* t = find_thread(r, w.tid(0));
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->role, "vcpu 0");
+  EXPECT_EQ(t->allowed_cpus, std::to_string(cpu));
+  // Two equal spinners on one CPU take turns: each waits about half the time,
+  // every wait a preemption (neither sleeps).
+  EXPECT_GT(t->preempt.count, 10u);
+  EXPECT_GT(t->preempt.total_us, 200'000) << blockers_text(*t);
+  EXPECT_GT(t->wait_share, 0.2);
+  ASSERT_FALSE(t->blockers.empty());
+  const Blocker* hog = find_blocker(t->blockers, "task", w.tid(1));
+  ASSERT_NE(hog, nullptr) << "the hog " << w.tid(1) << " is not blamed:" << blockers_text(*t);
+  EXPECT_EQ(hog->pid, w.pid());
+  EXPECT_EQ(hog->name, "hog");
+  // The hog took most of the spinner's waits.
+  EXPECT_GT(hog->time_us, 0.5 * t->preempt.total_us) << blockers_text(*t);
+  EXPECT_EQ(&t->blockers.front(), hog) << blockers_text(*t);
+  // Every wait counted once: the histogram holds them all, the worst is exact.
+  uint64_t in_buckets = 0;
+  for (const auto& [edge, n] : t->preempt.buckets) in_buckets += n;
+  EXPECT_EQ(in_buckets, t->preempt.count);
+  EXPECT_DOUBLE_EQ(t->worst_wait_us, std::max(t->preempt.max_us, t->wakeup.max_us));
+  EXPECT_EQ(t->worst_wait_cpu, cpu);
+  EXPECT_GT(r.bpf_events, 0u);
+  EXPECT_GT(r.bpf_ns_per_event, 0.0);
+}
+
+TEST(LatencyBpf, TimerWakeupOnABusyCpuShowsWakeupLatencyBlamedOnWhatRan) {
+  REQUIRE_BPF();
+  std::vector<int> cpus = allowed_cpus();
+  int cpu = cpus.back();
+  // A sleeper beside a nice -20 hog: each 2 ms sleep ends in a timer wakeup
+  // that must wait for the hog (its group at nice -20 outweighs other work).
+  Workload w(
+      {{Workload::Kind::kSleep, cpu, 0, "CPU 1/KVM"}, {Workload::Kind::kSpin, cpu, -20, "hog"}});
+  Report r = profile_bpf(w.pid(), 1s);
+  const ThreadReport* t = find_thread(r, w.tid(0));
+  ASSERT_NE(t, nullptr);
+  EXPECT_GT(t->wakeup.count, 20u) << blockers_text(*t);
+  EXPECT_GT(t->wakeup.max_us, 0.0);
+  EXPECT_GE(t->wakeup.p99_us, t->wakeup.p50_us);
+  // The sleeper never runs long enough to be preempted much: its waits are wakeups.
+  EXPECT_GT(t->wakeup.total_us, t->preempt.total_us);
+  const Blocker* hog = find_blocker(t->blockers, "task", w.tid(1));
+  ASSERT_NE(hog, nullptr) << blockers_text(*t);
+  EXPECT_GT(hog->count, 10u);
+  // The waking -> wakeup part is kept apart, and is small.
+  EXPECT_GT(t->waking.count, 0u);
+  EXPECT_LT(t->waking.p50_us, t->wakeup.p99_us + 1);
+}
+
+TEST(LatencyBpf, ThreadMovedOffItsSetIsReportedWithItsMigrationAndTimeOutside) {
+  REQUIRE_BPF();
+  std::vector<int> cpus = allowed_cpus();
+  if (cpus.size() < 2) GTEST_SKIP() << "needs two CPUs";
+  int from = cpus[0], to = cpus[1];
+  Workload w(
+      {{Workload::Kind::kBlink, from, 0, "CPU 1/KVM"}, {Workload::Kind::kSleep, from, 0, ""}});
+  SamplerOptions o;
+  o.pid = w.pid();
+  o.source = Source::kBpf;
+  BpfSource s(o);
+  std::thread mover([&] {
+    std::this_thread::sleep_for(200ms);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(to, &set);
+    sched_setaffinity(w.tid(0), sizeof set, &set);
+    std::this_thread::sleep_for(300ms);
+    s.stop();
+  });
+  s.run();
+  mover.join();
+  Report r = s.report();
+  const ThreadReport* moved = find_thread(r, w.tid(0));
+  ASSERT_NE(moved, nullptr);
+  EXPECT_EQ(moved->allowed_cpus, std::to_string(from));
+  EXPECT_EQ(moved->allowed_cpus_now, std::to_string(to));
+  EXPECT_GE(moved->migrations, 1u);
+  EXPECT_GT(moved->outside_us, 10'000);  // it ran ~50% of 300 ms there
+  EXPECT_GT(moved->outside_allowed_samples, 0u);
+  EXPECT_LT(moved->outside_allowed_samples, moved->cpu_samples);  // it ran on `from` first
+  const ThreadReport* stayed = find_thread(r, w.tid(1));
+  ASSERT_NE(stayed, nullptr);
+  EXPECT_EQ(stayed->outside_us, 0);
+  EXPECT_EQ(stayed->outside_allowed_samples, 0u);
+  EXPECT_TRUE(stayed->allowed_cpus_now.empty());
+}
+
+TEST(LatencyBpf, TimerInterruptsOnASpinningThreadsCpuAreItsNoise) {
+  REQUIRE_BPF();
+  std::vector<int> cpus = allowed_cpus();
+  int cpu = cpus.back();
+  // A timerfd firing every 50 us on the spinner's CPU: each expiry is a local
+  // timer interrupt taken while the spinner runs (and wakes the reader).
+  Workload w(
+      {{Workload::Kind::kSpin, cpu, 0, "CPU 0/KVM"}, {Workload::Kind::kTimerfd, cpu, 0, "timer"}});
+  Report r = profile_bpf(w.pid(), 1s);
+  const ThreadReport* t = find_thread(r, w.tid(0));
+  ASSERT_NE(t, nullptr);
+  EXPECT_GT(t->noise_us, 0);
+  const Blocker* timer = find_blocker(t->noise, "local_timer", -1);
+  ASSERT_NE(timer, nullptr) << blockers_text(*t);
+  // Well above a scheduler tick's rate (at most 1000/s): the timerfd's.
+  EXPECT_GT(timer->count, 2000u) << blockers_text(*t);
+  EXPECT_GT(timer->time_us, 0);
+  // And the woken reader preempts it: blamed by tid.
+  EXPECT_NE(find_blocker(t->blockers, "task", w.tid(1)), nullptr) << blockers_text(*t);
+}
+
+TEST(LatencyBpf, ThreadsThatComeAndGoAreTrackedByTheKernelSide) {
+  REQUIRE_BPF();
+  Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/TCG"},
+              {Workload::Kind::kBlink, -1, 0, "IO iothread0"}});
+  SamplerOptions o;
+  o.pid = w.pid();
+  o.source = Source::kBpf;
+  o.window = 10ms;
+  o.roles = {{w.tid(0), "vcpu 0"}};
+  BpfSource s(o);
+  int gone = w.tid(1), added = 0;
+  std::thread churn([&] {
+    std::this_thread::sleep_for(100ms);
+    w.end_thread(1);
+    added = w.add_thread();  // a slot the kernel side hands out
+    std::this_thread::sleep_for(200ms);
+    s.stop();
+  });
+  s.run();
+  churn.join();
+  Report r = s.report();
+  const ThreadReport* ended = find_thread(r, gone);
+  ASSERT_NE(ended, nullptr);
+  EXPECT_TRUE(ended->exited);
+  EXPECT_EQ(ended->role, "iothread iothread0");
+  const ThreadReport* vcpu = find_thread(r, w.tid(0));
+  ASSERT_NE(vcpu, nullptr);
+  EXPECT_EQ(vcpu->role, "vcpu 0");
+  EXPECT_FALSE(vcpu->exited);
+  EXPECT_GT(vcpu->wakeup.count, 20u);
+  const ThreadReport* fresh = find_thread(r, added);
+  ASSERT_NE(fresh, nullptr) << "a thread started mid-run was not tracked";
+  EXPECT_GT(fresh->wakeup.count, 0u);  // sched_wakeup_new, then its sleeps
+  EXPECT_FALSE(fresh->delay_series_us.empty());
+  EXPECT_FALSE(r.process_exited);
+}
+
+TEST(LatencyBpf, EndsWhenTheProcessExitsThroughItsPidfd) {
+  REQUIRE_BPF();
+  Workload w({{Workload::Kind::kBlink, -1, 0, ""}});
+  SamplerOptions o;
+  o.pid = w.pid();
+  o.source = Source::kBpf;
+  BpfSource s(o);
+  std::thread quit([&] {
+    std::this_thread::sleep_for(100ms);
+    w.exit_process();
+  });
+  s.run();  // no duration, no stop(): the pidfd ends it
+  quit.join();
+  EXPECT_TRUE(s.report().process_exited);
+}
+
+// The fallback gives the same verdict: a thread sharing its CPU with a hog
+// waits about half the time, from every source.
+TEST(LatencyBpf, EverySourceGivesTheHogVerdict) {
+  REQUIRE_BPF();
+  std::vector<int> cpus = allowed_cpus();
+  if (cpus.size() < 2) GTEST_SKIP() << "needs two CPUs: one for the sampler";
+  int cpu = cpus.back();
+  PinSelf pin(cpus[0]);
+  for (Source source : {Source::kBpf, Source::kTracefs, Source::kProcfs}) {
+    SCOPED_TRACE(to_string(source));
+    Workload w(
+        {{Workload::Kind::kSpin, cpu, -20, "CPU 0/KVM"}, {Workload::Kind::kSpin, cpu, -20, "hog"}});
+    SamplerOptions o = options_for(w.pid());
+    o.source = source;
+    o.duration = 1s;
+    ProfilerChoice c = make_profiler(o);
+    EXPECT_EQ(c.source, source == Source::kBpf ? Source::kBpf : Source::kProcfs);
+    EXPECT_EQ(c.notice.empty(), source != Source::kTracefs) << c.notice;
+    c.profiler->run();
+    Report r = c.profiler->report();
+    EXPECT_EQ(r.source, source == Source::kBpf ? "bpf" : "procfs");
+    const ThreadReport* t = find_thread(r, w.tid(0));
+    ASSERT_NE(t, nullptr);
+    EXPECT_GT(t->wait_share, 0.25);
+    EXPECT_LT(t->cpu_share, 0.75);
+    EXPECT_GT(t->delay_max_us, 1000);
+  }
+}
+
 struct CliRun {
   int code = -1;
   std::string out;  ///< stdout, and stderr unless split_stderr
@@ -893,6 +1162,11 @@ TEST(LatencyCli, BadArgumentsExit2) {
   EXPECT_NE(r.out.find("--cpu-sample '5' is not a duration"), std::string::npos) << r.out;
   EXPECT_EQ(passlaunch("latency --pid 1 --duration 1s --csv /nonexistent/dir/x.csv").code, 2);
   EXPECT_EQ(passlaunch("latency ../etc --duration 1s").code, 2);
+  r = passlaunch("latency --pid 1 --source ebpf");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("expected auto, bpf, tracefs or procfs"), std::string::npos) << r.out;
+  EXPECT_EQ(passlaunch("latency --pid 1 --threshold 100").code, 2);
+  EXPECT_EQ(passlaunch("latency --pid 1 --window 10us").code, 2);
 }
 
 TEST(LatencyCli, UnknownPidOrStoppedVmExit3) {
@@ -924,9 +1198,10 @@ TEST(LatencyCli, SamplesAVmByNameAsJsonCsvAndPlot) {
   std::ofstream(runtime + "/passlaunch/gamevm/qemu.pid") << w.pid() << "\n";
   std::string csv = testing::TempDir() + "/latency.csv";
   std::string svg = testing::TempDir() + "/latency.svg";
-  CliRun r = passlaunch("latency gamevm --duration 400ms --interval 2ms --json --csv " +
-                            shell_quote(csv) + " --plot " + shell_quote(svg),
-                        "XDG_RUNTIME_DIR=" + shell_quote(runtime), true);
+  CliRun r =
+      passlaunch("latency gamevm --source procfs --duration 400ms --interval 2ms --json --csv " +
+                     shell_quote(csv) + " --plot " + shell_quote(svg),
+                 "XDG_RUNTIME_DIR=" + shell_quote(runtime), true);
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_NE(r.err.find(kNamesWarning), std::string::npos) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
@@ -982,8 +1257,8 @@ TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
   pid_t cli = fork();
   if (cli == 0) {
     dup2(out[1], 1);
-    execl(PL_PASSLAUNCH, PL_PASSLAUNCH, "latency", "--pid", pid.c_str(), "--duration", "10m",
-          "--json", static_cast<char*>(nullptr));
+    execl(PL_PASSLAUNCH, PL_PASSLAUNCH, "latency", "--pid", pid.c_str(), "--source", "procfs",
+          "--duration", "10m", "--json", static_cast<char*>(nullptr));
     _exit(127);
   }
   close(out[1]);
@@ -1040,11 +1315,117 @@ TEST(LatencyCliQemu, ThreadsOfQemuGetTheirRolesByVmName) {
 
 TEST(LatencyCli, TableIsTheDefault) {
   Workload w({{Workload::Kind::kSleep, -1, 0, "CPU 0/KVM"}});
-  CliRun r = passlaunch("latency --pid " + std::to_string(w.pid()) + " --duration 200ms");
+  CliRun r =
+      passlaunch("latency --pid " + std::to_string(w.pid()) + " --source procfs --duration 200ms");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(r.out.find(kNamesWarning), std::string::npos) << "--pid uses names, silently";
   EXPECT_NE(r.out.find("P99us"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("vcpu 0"), std::string::npos) << r.out;
+}
+
+TEST(LatencyCli, BpfSourceReportsEveryWaitAsTableJsonCsvAndPlot) {
+  REQUIRE_BPF();
+  Workload w(
+      {{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"}, {Workload::Kind::kSleep, -1, 0, "worker"}});
+  std::string pid = std::to_string(w.pid());
+  CliRun r = passlaunch("latency --pid " + pid + " --duration 300ms", "", true);
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_EQ(r.err, "") << "auto picks bpf here, silently";
+  EXPECT_NE(r.out.find("source bpf"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("WAKEUP p50/p99/max us"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("% of a core in the kernel"), std::string::npos) << r.out;
+
+  std::string csv = testing::TempDir() + "/latency_bpf." + pid + ".csv";
+  std::string svg = testing::TempDir() + "/latency_bpf." + pid + ".svg";
+  r = passlaunch("latency --pid " + pid +
+                     " --source bpf --duration 300ms --window 10ms --threshold 1us --json --csv " +
+                     shell_quote(csv) + " --plot " + shell_quote(svg),
+                 "", true);
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["source"], "bpf");
+  EXPECT_EQ(j["threshold_us"], 1.0);
+  EXPECT_FALSE(j["events"].empty()) << "every wait over 1 us is streamed";
+  EXPECT_GT(j["cost"]["bpf_events"].get<uint64_t>(), 0u);
+  bool vcpu_seen = false;
+  for (const auto& t : j["threads"]) {
+    for (const char* key :
+         {"tid", "role", "runqueue_delay_us", "cpu_share", "wakeup_us", "preempt_us", "waking_us",
+          "worst_wait", "blockers", "noise", "noise_us", "migrations", "outside_allowed_us"})
+      EXPECT_TRUE(t.contains(key)) << key << " missing in " << t.dump();
+    if (t["role"] != "vcpu 0") continue;
+    vcpu_seen = true;
+    EXPECT_GT(t["wakeup_us"]["count"].get<uint64_t>(), 20u) << t.dump();
+    EXPECT_FALSE(t["wakeup_us"]["buckets"].empty());
+  }
+  EXPECT_TRUE(vcpu_seen) << j.dump();
+  std::ifstream in(csv);
+  std::string header, row;
+  std::getline(in, header);
+  EXPECT_EQ(header, "time_s,tid,role,max_wait_us,waits,wait_us,run_us,noise_us,migrations");
+  size_t rows = 0;
+  while (std::getline(in, row)) ++rows;
+  EXPECT_GE(rows, 3 * 5u);  // 3 threads, 10 ms windows
+  std::ifstream plot(svg);
+  std::string text((std::istreambuf_iterator<char>(plot)), {});
+  EXPECT_EQ(text.rfind("<svg", 0), 0u);
+  EXPECT_NE(text.find("vcpu 0"), std::string::npos);
+}
+
+TEST(LatencyCli, ForcedSourcesSayWhichIsUsed) {
+  REQUIRE_BPF();
+  Workload w({{Workload::Kind::kSleep, -1, 0, "CPU 0/KVM"}});
+  std::string pid = std::to_string(w.pid());
+  CliRun r =
+      passlaunch("latency --pid " + pid + " --source tracefs --duration 100ms --json", "", true);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("latency: source procfs"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["source"], "procfs");
+  r = passlaunch("latency --pid " + pid + " --source procfs --duration 100ms --json", "", true);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(nlohmann::json::parse(r.out)["source"], "procfs");
+}
+
+// The BPF source takes SIGINT through its signalfd, in its one io_uring wait.
+TEST(LatencyCli, InterruptStopsTheBpfSourceAndStillPrintsTheReport) {
+  REQUIRE_BPF();
+  Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"}});
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  std::string pid = std::to_string(w.pid());
+  pid_t cli = fork();
+  if (cli == 0) {
+    dup2(out[1], 1);
+    execl(PL_PASSLAUNCH, PL_PASSLAUNCH, "latency", "--pid", pid.c_str(), "--source", "bpf",
+          "--duration", "10m", "--json", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  // SIGINT is blocked (SigBlk bit 2) before the profiler is made; from then
+  // on it waits in the signalfd.
+  auto blocked = [&] {
+    std::ifstream in("/proc/" + std::to_string(cli) + "/status");
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind("SigBlk:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) & 2) != 0;
+    return false;
+  };
+  wait_for(blocked, "the profiler to block SIGINT");
+  kill(cli, SIGINT);
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int status = 0;
+  waitpid(cli, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by the interrupt instead of stopping";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  nlohmann::json j = nlohmann::json::parse(text);
+  EXPECT_EQ(j["source"], "bpf");
+  EXPECT_LT(j["duration_s"].get<double>(), 300);
 }
 
 }  // namespace

@@ -41,9 +41,10 @@
 #include <bpf/libbpf.h>
 #include <liburing.h>
 
-// The skeleton names the program's .bss types: the shared header first.
-#include "latency.skel.h"
 #include "latency/bpf/latency_bpf.h"
+
+// The skeleton names the program's .bss types: after the shared header.
+#include "latency.skel.h"
 #endif
 
 namespace pl::latency {
@@ -298,6 +299,7 @@ struct BpfSource::Impl {
     }
     WaitEvent w;
     w.at_s = (static_cast<int64_t>(e->ts) - m->start_ns) / 1e9;
+    w.end_ns = static_cast<int64_t>(e->ts);
     w.tid = static_cast<int>(e->tid);
     w.kind = e->kind == PL_WAIT_WAKEUP ? "wakeup" : "preempt";
     w.cpu = e->cpu;

@@ -505,9 +505,16 @@ class Supervisor {
     o.vm = profile_.name;
     o.interval = options_.latency_interval;
     o.roles = roles_;
+    o.source = latency::Source::kAuto;  // every wait from BPF where it can run, else procfs
     latency_.emplace(o);
-    log("recording thread latency every " + std::to_string(options_.latency_interval.count()) +
-        " ms into " + options_.latency_log);
+    if (!latency_->notice().empty()) log(latency_->notice());
+    log("recording thread latency (" +
+        std::string(latency_->notice().empty() ? "source bpf"
+                                               : "procfs, every " +
+                                                     std::to_string(
+                                                         options_.latency_interval.count()) +
+                                                     " ms") +
+        ") into " + options_.latency_log);
   }
 
   /// The QMP-speaking control socket for `ctl`, `list` and any QMP client.
