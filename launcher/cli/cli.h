@@ -17,5 +17,6 @@ void add_rom_commands(CLI::App& app, Action& action);      // rom inspect|patch
 void add_ctl_commands(CLI::App& app, Action& action);      // list, ctl
 void add_latency_commands(CLI::App& app, Action& action);  // latency
 void add_host_commands(CLI::App& app, Action& action);     // iommu, vfio-conf, check, recover
+void add_start_commands(CLI::App& app, Action& action);    // start, stop (VM names only)
 
 }  // namespace pl::cli

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "cli/cli.h"
@@ -204,11 +205,12 @@ struct VmEntry {
 
 std::vector<VmEntry> running_vms() {
   std::vector<VmEntry> out;
-  std::string base = std::filesystem::path(runtime_dir_for("x")).parent_path();
+  std::set<std::string> seen;
+  for (const std::string& base : runtime_bases()) {
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(base, ec)) {
     std::string name = e.path().filename();
-    if (!running_launcher(name)) continue;
+    if (!running_launcher_in(e.path()) || !seen.insert(name).second) continue;
     VmEntry v{name, {{"name", name}, {"status", "starting"}}};
     try {
       Control c(name);
@@ -216,6 +218,7 @@ std::vector<VmEntry> running_vms() {
     } catch (const Error&) {
     }
     out.push_back(v);
+  }
   }
   std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.name < b.name; });
   return out;

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   pl::cli::add_ctl_commands(app, action);
   pl::cli::add_latency_commands(app, action);
   pl::cli::add_host_commands(app, action);
+  pl::cli::add_start_commands(app, action);
 
   try {
     app.parse(argc, argv);

@@ -1,7 +1,11 @@
 #include "run/control.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <system_error>
 
 #include <deque>
 
@@ -24,11 +28,30 @@ struct ControlServer::Session {
   qmp::Framer framer;
   bool negotiated = false;
   bool dead = false;
+  bool full = true;  ///< false: passlaunch-status only (see "Access" in control.h)
   std::deque<std::string> out;
   asio::steady_timer wake;  ///< poked when `out` gets a message
 };
 
 namespace {
+
+/// True when the peer on `fd` may run every command: root, our own user, or
+/// a member of `full_gid` (its primary or a supplementary group).
+bool full_access(int fd, std::optional<gid_t> full_gid) {
+  struct ucred cred {};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  if (cred.uid == 0 || cred.uid == ::geteuid()) return true;
+  if (!full_gid) return false;
+  if (cred.gid == *full_gid) return true;
+  gid_t groups[256];
+  len = sizeof groups;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) return false;
+  for (size_t i = 0; i < len / sizeof(gid_t); ++i) {
+    if (groups[i] == *full_gid) return true;
+  }
+  return false;
+}
 
 json error_reply(const std::string& cls, const std::string& desc, const json& id) {
   json r = {{"error", {{"class", cls}, {"desc", desc}}}};
@@ -47,6 +70,13 @@ ControlServer::~ControlServer() { close(); }
 
 void ControlServer::add_command(const std::string& name, LocalCommand fn) {
   commands_[name] = std::move(fn);
+}
+
+void ControlServer::open_to_group(gid_t gid, std::optional<gid_t> full_gid) {
+  full_gid_ = full_gid;
+  if (::chown(path_.c_str(), static_cast<uid_t>(-1), gid) != 0 || ::chmod(path_.c_str(), 0660)) {
+    throw std::system_error(errno, std::generic_category(), "cannot share " + path_);
+  }
 }
 
 void ControlServer::start() { asio::co_spawn(ex_, accept_loop(), asio::detached); }
@@ -73,6 +103,7 @@ awaitable<void> ControlServer::accept_loop() {
       continue;
     }
     auto s = std::make_shared<Session>(std::move(sock));
+    s->full = full_access(s->socket.native_handle(), full_gid_);
     sessions_.push_back(s);
     const qmp::Greeting& g = qemu_.greeting();
     json version =
@@ -96,7 +127,7 @@ void ControlServer::send(const std::shared_ptr<Session>& s, const json& msg) {
 void ControlServer::broadcast(const json& event) {
   auto all = sessions_;  // send() may drop a session
   for (auto& s : all) {
-    if (s->negotiated) send(s, event);
+    if (s->negotiated && s->full) send(s, event);
   }
 }
 
@@ -189,6 +220,13 @@ awaitable<void> ControlServer::dispatch(std::shared_ptr<Session> s, json msg) {
     send(s, error_reply("CommandNotFound",
                         "Capabilities negotiation is already complete, "
                         "command ignored",
+                        id));
+    co_return;
+  }
+  if (!s->full && name != "passlaunch-status") {
+    send(s, error_reply("GenericError",
+                        "permission denied: only passlaunch-status is open to the group; " +
+                            name + " is for root (QMP can make QEMU open host files)",
                         id));
     co_return;
   }

@@ -8,6 +8,14 @@
 // own id. Events fan out to every negotiated client. passlaunch adds its own
 // commands (`passlaunch-status`, `passlaunch-shutdown`).
 //
+// Access: a peer that is root or our own user may run everything. The
+// socket is 0600 unless open_to_group() shares it; then the group's members
+// may connect, but only `qmp_capabilities` and `passlaunch-status` run for
+// them (and they get no events), unless they are also in the profile's
+// `control_group`: every other command reaches QEMU's monitor, and QMP can
+// make QEMU open, create or overwrite host files as root (blockdev-add,
+// drive-mirror, dump-guest-memory, screendump, migrate to exec:...).
+//
 // Isolation: each client has its own framer and a bounded output queue; a
 // client that sends garbage, stops reading (more than kMaxQueued messages
 // waiting) or disconnects mid-command is dropped alone. Its pending replies
@@ -27,6 +35,8 @@
 #include <optional>
 #include <string>
 
+#include <sys/types.h>
+
 #include "qmp/client.h"
 
 namespace pl {
@@ -45,6 +55,9 @@ class ControlServer {
   ~ControlServer();
 
   void add_command(const std::string& name, LocalCommand fn);
+  /// Shares control.sock with group `gid` (0660, that group): status only,
+  /// except for peers in `full_gid` (see "Access" above).
+  void open_to_group(gid_t gid, std::optional<gid_t> full_gid);
   /// Starts accepting (a detached coroutine on the executor).
   void start();
   /// Sends an event to every negotiated client.
@@ -69,6 +82,7 @@ class ControlServer {
   boost::asio::local::stream_protocol::acceptor acceptor_;
   std::list<std::shared_ptr<Session>> sessions_;
   std::map<std::string, LocalCommand> commands_;
+  std::optional<gid_t> full_gid_;
   bool closed_ = false;
 };
 
