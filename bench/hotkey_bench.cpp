@@ -13,6 +13,7 @@
 // Usage: hotkey_bench [ROUNDS] (default 2000). Prints medians, p99, the
 // ratio and the added microseconds per event; passlaunch keeps direct
 // passthrough when the forwarder adds more than ~50 us (run/hotkey.h).
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/input.h>
 #include <linux/uinput.h>
@@ -25,7 +26,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <dirent.h>
 #include <string>
 #include <thread>
 #include <vector>
@@ -141,9 +141,10 @@ void report(const char* what, const std::vector<double>& direct, const std::vect
               f.p99);
   std::printf("  ratio %.2fx (median), added %.1f us per event (median), %.1f us (p99)\n",
               f.median / d.median, f.median - d.median, f.p99 - d.p99);
-  std::printf("  verdict: %s\n", f.median - d.median > 50
-                                     ? "more than 50 us: keep direct passthrough (grab_toggle route)"
-                                     : "under 50 us per event (median)");
+  std::printf("  verdict: %s\n",
+              f.median - d.median > 50
+                  ? "more than 50 us: keep direct passthrough (grab_toggle route)"
+                  : "under 50 us per event (median)");
 }
 
 }  // namespace
@@ -170,8 +171,9 @@ int main(int argc, char** argv) {
     report("uinput keyboard, events per round: 1 key + SYN", direct, fwd);
     return 0;
   }
-  std::printf("no /dev/uinput here (CONFIG_INPUT_UINPUT not set): the forwarder's hop with "
-              "pipes, a lower bound (no input core)\n");
+  std::printf(
+      "no /dev/uinput here (CONFIG_INPUT_UINPUT not set): the forwarder's hop with "
+      "pipes, a lower bound (no input core)\n");
   int a[2], b[2], c[2];
   if (::pipe2(a, O_CLOEXEC) || ::pipe2(b, O_CLOEXEC) || ::pipe2(c, O_CLOEXEC)) return 1;
   std::vector<double> direct = measure(a[1], a[0], rounds, false);

@@ -3,6 +3,8 @@
 // in the group passlaunch starts and stops the demo VM through the shipped
 // sudoers drop-in, reads its status and nothing more; a user outside the
 // group is refused; the polkit rule is evaluated with node.
+#include "run/hotkey.h"
+
 #include <fcntl.h>
 #include <grp.h>
 #include <gtest/gtest.h>
@@ -19,7 +21,6 @@
 #include "cli/trusted_profile.h"
 #include "core/error.h"
 #include "profile/profile.h"
-#include "run/hotkey.h"
 #include "test_util.h"
 
 namespace pl {
@@ -77,8 +78,9 @@ TEST(Hotkey, StartRefusesProfilesThatAreNotRootsAlone) {
   ::chmod((conf + "/vm.json").c_str(), 0644);
   // Not root's.
   ASSERT_EQ(::chown((conf + "/vm.json").c_str(), 65534, 65534), 0);
-  EXPECT_NE(error_of([&] { cli::load_trusted_profile(conf, "vm"); })
-                .find("is owned by uid 65534, not root"),
+  EXPECT_NE(error_of([&] {
+              cli::load_trusted_profile(conf, "vm");
+            }).find("is owned by uid 65534, not root"),
             std::string::npos);
   ASSERT_EQ(::chown((conf + "/vm.json").c_str(), 0, 0), 0);
   // A symlink, even to a good profile.
@@ -88,28 +90,31 @@ TEST(Hotkey, StartRefusesProfilesThatAreNotRootsAlone) {
             std::string::npos);
   // The profile's name must be the file's.
   std::ofstream(conf + "/other.json") << test::guest_profile("vm", "normal");
-  EXPECT_NE(error_of([&] { cli::load_trusted_profile(conf, "other"); })
-                .find("/name: expected \"other\" (the file's name), got \"vm\""),
+  EXPECT_NE(error_of([&] {
+              cli::load_trusted_profile(conf, "other");
+            }).find("/name: expected \"other\" (the file's name), got \"vm\""),
             std::string::npos);
   // A hook that is not root's alone.
   std::string hook = dir.path("hook.sh");
   std::ofstream(hook) << "#!/bin/sh\n";
   ::chmod(hook.c_str(), 0775);
-  std::ofstream(conf + "/hooked.json")
-      << test::guest_profile("hooked", "normal",
-                             R"(, "host": {"hooks": {"prepare": ")" + hook + R"("}})");
-  EXPECT_NE(error_of([&] { cli::load_trusted_profile(conf, "hooked"); })
-                .find("its hooks/prepare " + hook + " is group-writable"),
+  std::ofstream(conf + "/hooked.json") << test::guest_profile(
+      "hooked", "normal", R"(, "host": {"hooks": {"prepare": ")" + hook + R"("}})");
+  EXPECT_NE(error_of([&] {
+              cli::load_trusted_profile(conf, "hooked");
+            }).find("its hooks/prepare " + hook + " is group-writable"),
             std::string::npos);
   // The directory: group-writable, or a symlink.
   ::chmod(conf.c_str(), 0775);
-  EXPECT_NE(error_of([&] { cli::load_trusted_profile(conf, "vm"); })
-                .find("refusing the profile directory " + conf + ": it is group-writable"),
+  EXPECT_NE(error_of([&] {
+              cli::load_trusted_profile(conf, "vm");
+            }).find("refusing the profile directory " + conf + ": it is group-writable"),
             std::string::npos);
   ::chmod(conf.c_str(), 0755);
   fs::create_symlink(conf, dir.path("conflink"));
-  EXPECT_NE(error_of([&] { cli::load_trusted_profile(dir.path("conflink"), "vm"); })
-                .find("it is a symlink"),
+  EXPECT_NE(error_of([&] {
+              cli::load_trusted_profile(dir.path("conflink"), "vm");
+            }).find("it is a symlink"),
             std::string::npos);
   // And through the command: exit 2 with the reason, nothing started.
   ::chmod((conf + "/vm.json").c_str(), 0664);
@@ -153,10 +158,9 @@ TEST(Polkit, RuleLetsTheGroupStartAndStopPasslaunchUnitsOnly) {
   }
   json += "]";
   std::ofstream(dir.path("cases.json")) << json;
-  auto [code, out] =
-      test::capture({"node", std::string(PL_SOURCE_DIR) + "/tests/polkit_harness.js",
-                     std::string(PL_SOURCE_DIR) + "/scripts/polkit/50-passlaunch.rules",
-                     dir.path("cases.json")});
+  auto [code, out] = test::capture(
+      {"node", std::string(PL_SOURCE_DIR) + "/tests/polkit_harness.js",
+       std::string(PL_SOURCE_DIR) + "/scripts/polkit/50-passlaunch.rules", dir.path("cases.json")});
   ASSERT_EQ(code, 0) << "node evaluates the rule (Debian package nodejs): " << out;
   std::istringstream lines(out);
   for (const Case& c : cases) {
@@ -178,22 +182,30 @@ TEST(Sudoers, DropInPassesVisudo) {
 class HotkeyQemu : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "the pin plan needs 2 CPUs";
-    if (::geteuid() != 0) GTEST_SKIP() << "needs root to create users";
+    if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+      GTEST_SKIP() << "the pin plan needs 2 CPUs";
+    }
+    if (::geteuid() != 0) {
+      GTEST_SKIP() << "needs root to create users";
+    }
     std::string id = std::to_string(::getpid());
     name_ = "hk" + id;
     member_ = "plhk" + id;
     outsider_ = "plhko" + id;
     made_group_ = ::getgrnam("passlaunch") == nullptr;
-    if (made_group_) ASSERT_EQ(run({"groupadd", "-r", "passlaunch"}), 0);
+    if (made_group_) {
+      ASSERT_EQ(run({"groupadd", "-r", "passlaunch"}), 0);
+    }
     ASSERT_EQ(run({"useradd", "-M", "-N", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", "-G",
                    "passlaunch", member_}),
               0);
-    ASSERT_EQ(run({"useradd", "-M", "-N", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
-                   outsider_}),
-              0);
+    ASSERT_EQ(
+        run({"useradd", "-M", "-N", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", outsider_}),
+        0);
     made_conf_ = !fs::exists(cli::kConfigDir);
-    if (made_conf_) ASSERT_EQ(::mkdir(cli::kConfigDir, 0755), 0);
+    if (made_conf_) {
+      ASSERT_EQ(::mkdir(cli::kConfigDir, 0755), 0);
+    }
     profile_ = std::string(cli::kConfigDir) + "/" + name_ + ".json";
     std::ofstream(profile_) << test::guest_profile(name_, "normal");
     std::string drop_in = read_all(std::string(PL_SOURCE_DIR) + "/scripts/sudoers/passlaunch");
@@ -336,10 +348,10 @@ TEST(HostHotkey, ProfileNamesKeysAndNeedsAKeyboard) {
   EXPECT_EQ(p.host_hotkey->action, HostHotkey::Action::kPoweroff);
   EXPECT_EQ(p.host_hotkey->devices, std::vector<std::string>{dir.path("kbd")});
   // The evdev keyboards are the default devices.
-  p = parse_profile(profile(R"({"keys": ["KEY_F12"]})",
-                            R"(, "input": {"evdev": [{"path": ")" + dir.path("kbd") +
-                                R"(", "grab_toggle": "scrolllock"}]})"),
-                    dir.path("vm.json"));
+  p = parse_profile(
+      profile(R"({"keys": ["KEY_F12"]})", R"(, "input": {"evdev": [{"path": ")" + dir.path("kbd") +
+                                              R"(", "grab_toggle": "scrolllock"}]})"),
+      dir.path("vm.json"));
   EXPECT_EQ(p.host_hotkey->devices, std::vector<std::string>{dir.path("kbd")});
   EXPECT_EQ(p.host_hotkey->action, HostHotkey::Action::kShutdown);
   std::string err = error_of([&] {
@@ -352,8 +364,9 @@ TEST(HostHotkey, ProfileNamesKeysAndNeedsAKeyboard) {
       << err;
   EXPECT_NE(err.find("/host_hotkey/keys/2: \"KEY_LEFTCTRL\" is listed twice"), std::string::npos)
       << err;
-  EXPECT_NE(err.find("/host_hotkey/keys/3: expected a key name such as \"KEY_END\", got an integer"),
-            std::string::npos)
+  EXPECT_NE(
+      err.find("/host_hotkey/keys/3: expected a key name such as \"KEY_END\", got an integer"),
+      std::string::npos)
       << err;
   EXPECT_NE(err.find("/host_hotkey/action: expected one of \"shutdown\", \"poweroff\""),
             std::string::npos)
@@ -399,13 +412,20 @@ TEST(HostHotkeyQemu, HeldCombinationShutsTheGuestDownGracefully) {
           kbd + R"("]})");
   test::Passlaunch run({"run", path}, dir.path());
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
-  EXPECT_NE(run.out().text().find("host hotkey KEY_LEFTCTRL+KEY_RIGHTCTRL+KEY_END watched on " +
-                                  kbd),
-            std::string::npos)
+  EXPECT_NE(
+      run.out().text().find("host hotkey KEY_LEFTCTRL+KEY_RIGHTCTRL+KEY_END watched on " + kbd),
+      std::string::npos)
       << run.out().text();
   // Not the combination: two of its keys; all three but never held together.
-  type_keys(fd, {{KEY_LEFTCTRL, 1}, {KEY_END, 1}, {KEY_A, 1}, {KEY_A, 0}, {KEY_END, 0},
-                 {KEY_RIGHTCTRL, 1}, {KEY_LEFTCTRL, 0}, {KEY_END, 1}, {KEY_END, 0},
+  type_keys(fd, {{KEY_LEFTCTRL, 1},
+                 {KEY_END, 1},
+                 {KEY_A, 1},
+                 {KEY_A, 0},
+                 {KEY_END, 0},
+                 {KEY_RIGHTCTRL, 1},
+                 {KEY_LEFTCTRL, 0},
+                 {KEY_END, 1},
+                 {KEY_END, 0},
                  {KEY_RIGHTCTRL, 0}});
   // The combination, held.
   type_keys(fd, {{KEY_LEFTCTRL, 1}, {KEY_RIGHTCTRL, 1}, {KEY_END, 1}, {KEY_END, 2}});

@@ -130,10 +130,10 @@ void add_start_commands(CLI::App& app, Action& action) {
       std::string dir = o->config_dir.empty() ? kConfigDir : o->config_dir;
       Profile profile = load_trusted_profile(dir, o->name);
       if (auto pid = running_launcher(profile.name)) {
-        throw Error(Exit::kFailed,
-                    "VM \"" + profile.name + "\" is already running (pid " +
-                        std::to_string(*pid) + ")",
-                    "stop it with `passlaunch stop " + profile.name + "`");
+        throw Error(
+            Exit::kFailed,
+            "VM \"" + profile.name + "\" is already running (pid " + std::to_string(*pid) + ")",
+            "stop it with `passlaunch stop " + profile.name + "`");
       }
       if (o->foreground) return run_vm(profile, RunOptions{});
       const char* xdg = std::getenv("XDG_RUNTIME_DIR");
@@ -143,8 +143,8 @@ void add_start_commands(CLI::App& app, Action& action) {
   });
 
   auto name = std::make_shared<std::string>();
-  CLI::App* stop = app.add_subcommand(
-      "stop", "Shut VM NAME down gracefully (as SIGTERM) and return at once");
+  CLI::App* stop =
+      app.add_subcommand("stop", "Shut VM NAME down gracefully (as SIGTERM) and return at once");
   stop->add_option("NAME", *name, "VM name (never a path)")->required();
   stop->callback([name, &action] {
     action = [name]() -> int {

@@ -84,10 +84,10 @@ Profile load_trusted_profile(const std::string& config_dir, const std::string& n
   if (dir.get() < 0) {
     int err = errno;
     struct stat st;
-    if (err == ELOOP || (err == ENOTDIR && ::lstat(config_dir.c_str(), &st) == 0 &&
-                         S_ISLNK(st.st_mode))) {
-      throw Error(Exit::kUsage, "refusing the profile directory " + config_dir + ": it is a symlink",
-                  kHint);
+    if (err == ELOOP ||
+        (err == ENOTDIR && ::lstat(config_dir.c_str(), &st) == 0 && S_ISLNK(st.st_mode))) {
+      throw Error(Exit::kUsage,
+                  "refusing the profile directory " + config_dir + ": it is a symlink", kHint);
     }
     throw system_error(Exit::kUsage, "cannot open the profile directory", config_dir, err,
                        "profiles for `passlaunch start NAME` live in /etc/passlaunch/NAME.json");
@@ -133,10 +133,10 @@ Profile load_trusted_profile(const std::string& config_dir, const std::string& n
   }
   Profile p = parse_profile(text, path);
   if (p.name != name) {
-    throw Error(Exit::kUsage,
-                path + ": /name: expected \"" + name + "\" (the file's name), got \"" + p.name +
-                    "\"",
-                "`passlaunch stop NAME` and `ctl NAME` find a VM by its profile's name");
+    throw Error(
+        Exit::kUsage,
+        path + ": /name: expected \"" + name + "\" (the file's name), got \"" + p.name + "\"",
+        "`passlaunch stop NAME` and `ctl NAME` find a VM by its profile's name");
   }
   if (!p.host.prepare_hook.empty()) check_trusted_path(path, "hooks/prepare", p.host.prepare_hook);
   if (!p.host.release_hook.empty()) check_trusted_path(path, "hooks/release", p.host.release_hook);

@@ -467,8 +467,8 @@ void parse_desk(Obj& o, Profile& p, const ProfileChecks& checks) {
   if (const json* k = hk.raw("keys", true); k && !k->is_array()) {
     o.problems().add(keys_path, "expected an array of key names, got " + type_name(*k));
   } else if (k && (k->empty() || k->size() > 6)) {
-    o.problems().add(keys_path, "expected 1 to 6 keys held together, got " +
-                                    std::to_string(k->size()));
+    o.problems().add(keys_path,
+                     "expected 1 to 6 keys held together, got " + std::to_string(k->size()));
   }
   hk.array("keys", [&](const json& e, const std::string& path) {
     if (!e.is_string()) {
@@ -478,8 +478,10 @@ void parse_desk(Obj& o, Profile& p, const ProfileChecks& checks) {
     std::string name = e.get<std::string>();
     auto code = key_code(name);
     if (!code) {
-      o.problems().add(path, "expected a key name of linux/input-event-codes.h such as "
-                             "\"KEY_LEFTCTRL\", got \"" + name + "\"");
+      o.problems().add(path,
+                       "expected a key name of linux/input-event-codes.h such as "
+                       "\"KEY_LEFTCTRL\", got \"" +
+                           name + "\"");
     } else if (std::find(key.codes.begin(), key.codes.end(), *code) != key.codes.end()) {
       o.problems().add(path, "\"" + name + "\" is listed twice");
     } else {

@@ -122,8 +122,8 @@ struct HostConfig {
 /// A key combination passlaunch watches on the profile's evdev keyboards
 /// while the guest runs (profiles/README.md, "host_hotkey").
 struct HostHotkey {
-  std::vector<std::string> keys;  ///< "KEY_LEFTCTRL", ... (linux/input-event-codes.h)
-  std::vector<int> codes;         ///< their key codes, in the same order
+  std::vector<std::string> keys;     ///< "KEY_LEFTCTRL", ... (linux/input-event-codes.h)
+  std::vector<int> codes;            ///< their key codes, in the same order
   std::vector<std::string> devices;  ///< evdev devices read (default: input/evdev's paths)
   enum class Action { kShutdown, kPoweroff } action = Action::kShutdown;
 };

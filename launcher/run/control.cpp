@@ -4,9 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <system_error>
-
 #include <deque>
 
 #include "qmp/framer.h"
@@ -72,11 +69,10 @@ void ControlServer::add_command(const std::string& name, LocalCommand fn) {
   commands_[name] = std::move(fn);
 }
 
-void ControlServer::open_to_group(gid_t gid, std::optional<gid_t> full_gid) {
+bool ControlServer::open_to_group(gid_t gid, std::optional<gid_t> full_gid) {
   full_gid_ = full_gid;
-  if (::chown(path_.c_str(), static_cast<uid_t>(-1), gid) != 0 || ::chmod(path_.c_str(), 0660)) {
-    throw std::system_error(errno, std::generic_category(), "cannot share " + path_);
-  }
+  return ::chown(path_.c_str(), static_cast<uid_t>(-1), gid) == 0 &&
+         ::chmod(path_.c_str(), 0660) == 0;
 }
 
 void ControlServer::start() { asio::co_spawn(ex_, accept_loop(), asio::detached); }
@@ -225,8 +221,8 @@ awaitable<void> ControlServer::dispatch(std::shared_ptr<Session> s, json msg) {
   }
   if (!s->full && name != "passlaunch-status") {
     send(s, error_reply("GenericError",
-                        "permission denied: only passlaunch-status is open to the group; " +
-                            name + " is for root (QMP can make QEMU open host files)",
+                        "permission denied: only passlaunch-status is open to the group; " + name +
+                            " is for root (QMP can make QEMU open host files)",
                         id));
     co_return;
   }

@@ -26,6 +26,8 @@
 #include <utility>  // first: Boost 1.74's awaitable.hpp uses std::exchange without it
 // clang-format on
 
+#include <sys/types.h>
+
 #include <boost/asio.hpp>
 #include <functional>
 #include <list>
@@ -34,8 +36,6 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <sys/types.h>
 
 #include "qmp/client.h"
 
@@ -56,8 +56,9 @@ class ControlServer {
 
   void add_command(const std::string& name, LocalCommand fn);
   /// Shares control.sock with group `gid` (0660, that group): status only,
-  /// except for peers in `full_gid` (see "Access" above).
-  void open_to_group(gid_t gid, std::optional<gid_t> full_gid);
+  /// except for peers in `full_gid` (see "Access" above). False (the socket
+  /// stays 0600) when we may not give it to that group.
+  bool open_to_group(gid_t gid, std::optional<gid_t> full_gid);
   /// Starts accepting (a detached coroutine on the executor).
   void start();
   /// Sends an event to every negotiated client.

@@ -48,8 +48,8 @@ struct HotkeyWatcher::Device {
   std::string pending;  ///< bytes of an event not read whole yet
 };
 
-HotkeyWatcher::HotkeyWatcher(asio::any_io_executor ex, std::vector<int> codes,
-                             OnHotkey on_hotkey, OnLost on_lost)
+HotkeyWatcher::HotkeyWatcher(asio::any_io_executor ex, std::vector<int> codes, OnHotkey on_hotkey,
+                             OnLost on_lost)
     : ex_(ex),
       codes_(std::move(codes)),
       on_hotkey_(std::move(on_hotkey)),

@@ -222,14 +222,17 @@ class Supervisor {
     if (!profile_.control_group.empty()) {
       control_gid_ = lookup_group(profile_.control_group);
       if (!control_gid_) {
-        throw Error(Exit::kUsage,
-                    profile_.file + ": /control_group: no group \"" + profile_.control_group +
-                        "\" on this host");
+        throw Error(Exit::kUsage, profile_.file + ": /control_group: no group \"" +
+                                      profile_.control_group + "\" on this host");
       }
     }
     RuntimeDir runtime(profile_.name);
     status_gid_ = lookup_group(options_.status_group);
-    if (status_gid_) runtime.share_with_group(*status_gid_);
+    if (status_gid_ && !runtime.share_with_group(*status_gid_)) {
+      log("warning: cannot share " + runtime.path() + " with the group " + options_.status_group +
+          ": only this user sees the VM");
+      status_gid_.reset();
+    }
     // 3. The host: hand the devices over (journaled), refuse a dirty host.
     // The service manager and libkmod are set up only when the host changes.
     bool passthrough = !profile_.devices.empty();
@@ -479,7 +482,9 @@ class Supervisor {
   /// The QMP-speaking control socket for `ctl`, `list` and any QMP client.
   void start_control() {
     control_.emplace(io_.get_executor(), control_path_, qmp_);
-    if (status_gid_) control_->open_to_group(*status_gid_, control_gid_);
+    if (status_gid_ && !control_->open_to_group(*status_gid_, control_gid_)) {
+      log("warning: cannot share control.sock with the group " + options_.status_group);
+    }
     control_->add_command("passlaunch-status", [this](const json&) -> awaitable<json> {
       json st = co_await qmp_.execute("query-status");
       auto up = std::chrono::system_clock::now() - started_at_;

@@ -149,14 +149,12 @@ int listen_unix(const std::string& path) {
   return fd;
 }
 
-void RuntimeDir::share_with_group(gid_t gid) {
+bool RuntimeDir::share_with_group(gid_t gid) {
   if (::chown(path_.c_str(), static_cast<uid_t>(-1), gid) != 0 ||
       ::chown(file("lock").c_str(), static_cast<uid_t>(-1), gid) != 0) {
-    throw system_error(Exit::kEnvironment, "cannot give the group " + std::to_string(gid),
-                       path_, errno);
+    return false;
   }
-  ::chmod(path_.c_str(), 0750);
-  ::fchmod(lock_fd_, 0640);
+  return ::chmod(path_.c_str(), 0750) == 0 && ::fchmod(lock_fd_, 0640) == 0;
 }
 
 namespace {

@@ -32,7 +32,8 @@ class RuntimeDir {
   /// 0750 and the lock 0640, both of group `gid` (`list` and `ctl NAME
   /// status` probe the lock). The sockets stay 0600 unless the launcher opens
   /// them too (README, "Hotkeys": what the group may do on control.sock).
-  void share_with_group(gid_t gid);
+  /// False (nothing shared) when we may not give files to that group.
+  bool share_with_group(gid_t gid);
 
  private:
   std::string name_;
