@@ -221,7 +221,7 @@ class HotkeyQemu : public ::testing::Test {
   void TearDown() override {
     if (member_.empty()) return;
     if (!sudoers_.empty()) ::unlink(sudoers_.c_str());
-    test::run_command({PL_PASSLAUNCH, "ctl", name_, "poweroff"});
+    test::capture({PL_PASSLAUNCH, "ctl", name_, "poweroff"});  // if a check failed midway
     ::unlink(profile_.c_str());
     if (made_conf_) ::rmdir(cli::kConfigDir);
     run({"userdel", member_});
