@@ -280,6 +280,10 @@ TEST_F(HotkeyQemu, GroupMemberStartsAndStopsTheVmThroughSudoAndNoOneElse) {
   auto launcher = test::capture({PL_PASSLAUNCH, "ctl", name_, "status", "--json"});
   ASSERT_EQ(launcher.first, 0) << launcher.second;
 
+  auto [ca, oa] = as(member_, {"sudo", "-n", PL_PASSLAUNCH, "start", name_});
+  EXPECT_EQ(ca, 1) << oa;
+  EXPECT_NE(oa.find("is already running"), std::string::npos) << oa;
+
   // The group reads the status and the list, and nothing that reaches QMP.
   auto [c2, o2] = as(member_, {PL_PASSLAUNCH, "ctl", name_, "status"});
   EXPECT_EQ(c2, 0) << o2;
