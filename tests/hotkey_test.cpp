@@ -5,14 +5,18 @@
 // group is refused; the polkit rule is evaluated with node.
 #include "run/hotkey.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <linux/input.h>
+#include <linux/uinput.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -441,6 +445,91 @@ TEST(HostHotkeyQemu, HeldCombinationShutsTheGuestDownGracefully) {
       << "only the held combination fires: " << out;
   EXPECT_NE(out.find("the guest shut down"), std::string::npos) << out;
   ::close(fd);
+}
+
+/// A uinput keyboard with every key of the main block; its fd and node.
+std::pair<int, std::string> make_keyboard() {
+  int fd = ::open("/dev/uinput", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return {-1, ""};
+  ::ioctl(fd, UI_SET_EVBIT, EV_KEY);
+  for (int k = 1; k < 256; ++k) ::ioctl(fd, UI_SET_KEYBIT, k);
+  uinput_setup setup{};
+  setup.id.bustype = BUS_VIRTUAL;
+  std::snprintf(setup.name, sizeof setup.name, "passlaunch test keyboard");
+  ::ioctl(fd, UI_DEV_SETUP, &setup);
+  ::ioctl(fd, UI_DEV_CREATE);
+  char sys[64] = {};
+  ::ioctl(fd, UI_GET_SYSNAME(sizeof sys), sys);
+  std::string node;
+  std::string dir = std::string("/sys/devices/virtual/input/") + sys;
+  for (int i = 0; i < 300 && (node.empty() || ::access(node.c_str(), R_OK) != 0); ++i) {
+    if (DIR* d = ::opendir(dir.c_str())) {
+      while (dirent* e = ::readdir(d)) {
+        if (std::strncmp(e->d_name, "event", 5) == 0) node = std::string("/dev/input/") + e->d_name;
+      }
+      ::closedir(d);
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  return {fd, node};
+}
+
+/// True once nobody holds `node`'s grab (we can take it; released at once).
+bool grab_free(const std::string& node) {
+  int fd = ::open(node.c_str(), O_RDONLY | O_CLOEXEC);
+  bool free = fd >= 0 && ::ioctl(fd, EVIOCGRAB, 1) == 0;
+  if (fd >= 0) ::close(fd);
+  return free;
+}
+
+// The real thing, where the kernel has uinput: QEMU reads the keyboard
+// directly (input-linux, grabbed). While QEMU holds the grab passlaunch sees
+// no key, so the hotkey typed then does nothing; after the grab toggle it
+// shuts the guest down gracefully.
+TEST(HostHotkeyQemu, UinputKeyboardUnderQemuGrabAfterTheToggle) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "the pin plan needs 2 CPUs";
+  if (::access("/dev/uinput", W_OK) != 0) {
+    GTEST_SKIP() << "no /dev/uinput (kernel without CONFIG_INPUT_UINPUT); the FIFO test above "
+                    "covers the watcher";
+  }
+  auto [kbd, node] = make_keyboard();
+  ASSERT_GE(kbd, 0);
+  ASSERT_FALSE(node.empty());
+  test::TempDir dir;
+  std::string name = "hu" + std::to_string(::getpid());
+  std::string path = dir.path(name + ".json");
+  std::ofstream(path) << test::guest_profile(
+      name, "normal",
+      R"(, "input": {"evdev": [{"path": ")" + node +
+          R"(", "grab_toggle": "scrolllock"}]}, "host_hotkey": {"keys": ["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_END"]})");
+  test::Passlaunch run({"run", path}, dir.path());
+  ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
+  ASSERT_FALSE(grab_free(node)) << "QEMU holds the keyboard";
+  // Typed while the guest has the keyboard: the guest's, not ours.
+  type_keys(kbd, {{KEY_A, 1},
+                  {KEY_A, 0},
+                  {KEY_LEFTCTRL, 1},
+                  {KEY_LEFTALT, 1},
+                  {KEY_END, 1},
+                  {KEY_END, 0},
+                  {KEY_LEFTALT, 0},
+                  {KEY_LEFTCTRL, 0}});
+  // The toggle gives the keyboard back to the host; then the hotkey counts.
+  type_keys(kbd, {{KEY_SCROLLLOCK, 1}, {KEY_SCROLLLOCK, 0}});
+  bool released = false;
+  for (int i = 0; i < 500 && !released; ++i) {
+    released = grab_free(node);
+    if (!released) std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_TRUE(released) << "QEMU let go of the keyboard after the grab toggle";
+  type_keys(kbd, {{KEY_LEFTCTRL, 1}, {KEY_LEFTALT, 1}, {KEY_END, 1}});
+  EXPECT_EQ(run.wait(), 0) << run.out().text();
+  const std::string& out = run.out().text();
+  size_t first = out.find("host hotkey on " + node + ": shutting the guest down");
+  EXPECT_NE(first, std::string::npos) << out;
+  EXPECT_EQ(out.find("host hotkey on", first + 1), std::string::npos)
+      << "the combination typed under QEMU's grab was not seen: " << out;
+  ::close(kbd);
 }
 
 }  // namespace

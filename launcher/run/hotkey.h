@@ -6,11 +6,13 @@
 // (EVIOCGRAB), so while the guest has the keyboard no other reader, us
 // included, gets an event. Taking the grab ourselves and feeding QEMU a
 // uinput clone would put one more read/write hop and thread wake-up on every
-// key of the guest; passlaunch keeps QEMU reading the device directly
-// (nothing added to the guest's input path) and relies on the evdev entry's
-// `grab_toggle`: the toggle gives the keyboard back to the host, QEMU stops
-// sending its keys to the guest, and the hotkey is seen here. README
-// "Hotkeys" and bench/hotkey_bench.cpp give the numbers.
+// key of the guest (bench/hotkey_bench.cpp measures it; README "Hotkeys"
+// gives the numbers), and it cannot be built or tested on a kernel without
+// uinput, such as this project's test machine. So passlaunch keeps QEMU
+// reading the device directly (nothing added to the guest's input path) and
+// relies on the evdev entry's `grab_toggle`: the toggle gives the keyboard
+// back to the host, QEMU stops sending its keys to the guest, and the hotkey
+// is seen here.
 #pragma once
 
 // clang-format off
