@@ -17,6 +17,7 @@ void add_rom_commands(CLI::App& app, Action& action);      // rom inspect|patch
 void add_ctl_commands(CLI::App& app, Action& action);      // list, ctl
 void add_latency_commands(CLI::App& app, Action& action);  // latency
 void add_host_commands(CLI::App& app, Action& action);     // iommu, vfio-conf, check, recover
+void add_start_commands(CLI::App& app, Action& action);    // start, stop (VM names only)
 void add_import_commands(CLI::App& app, Action& action);   // import libvirt, init
 
 /// Every subcommand above, in --help order, and the hidden __complete (which

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "cli/cli.h"
 #include "cli/control_client.h"
@@ -309,18 +310,20 @@ struct VmEntry {
 
 std::vector<VmEntry> running_vms() {
   std::vector<VmEntry> out;
-  std::string base = std::filesystem::path(runtime_dir_for("x")).parent_path();
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(base, ec)) {
-    std::string name = e.path().filename();
-    if (!running_launcher(name)) continue;
-    VmEntry v{name, {{"name", name}, {"status", "starting"}}};
-    try {
-      Control c(name);
-      v.status = c.execute("__org.passlaunch_status", nullptr, 5s);
-    } catch (const Error&) {
+  std::set<std::string> seen;
+  for (const std::string& base : runtime_bases()) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(base, ec)) {
+      std::string name = e.path().filename();
+      if (!running_launcher_in(e.path()) || !seen.insert(name).second) continue;
+      VmEntry v{name, {{"name", name}, {"status", "starting"}}};
+      try {
+        Control c(name);
+        v.status = c.execute("__org.passlaunch_status", nullptr, 5s);
+      } catch (const Error&) {
+      }
+      out.push_back(v);
     }
-    out.push_back(v);
   }
   std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.name < b.name; });
   return out;

@@ -12,6 +12,7 @@ void add_all_commands(CLI::App& app, Action& action) {
   add_latency_commands(app, action);
   add_host_commands(app, action);
   add_import_commands(app, action);
+  add_start_commands(app, action);
   add_complete_command(app, action);  // last: it completes from all the above
 }
 

@@ -21,7 +21,7 @@ void rethrow_qmp(const qmp::Error& e, const std::string& what) {
 namespace {
 
 std::string control_path(const std::string& name) {
-  return runtime_dir_for(name) + "/control.sock";
+  return find_runtime_dir(name) + "/control.sock";
 }
 
 }  // namespace

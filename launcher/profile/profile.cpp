@@ -648,6 +648,71 @@ void parse_network(Obj& o, Profile& p) {
   });
 }
 
+/// The desk's fields (profiles/README.md, "Hotkeys and access"): who may use
+/// the control socket beyond status, and the host hotkey. After the inputs:
+/// the hotkey watches the evdev devices.
+void parse_desk(Obj& o, Profile& p, const ProfileChecks& checks) {
+  o.str("control_group", p.control_group);
+  static const std::regex group_re("[a-z_][a-z0-9_-]{0,31}");
+  if (!p.control_group.empty() && !std::regex_match(p.control_group, group_re)) {
+    o.problems().add(o.path("control_group"),
+                     "expected a group name (lower-case letters, digits, '_', '-'), got \"" +
+                         p.control_group + "\"");
+  }
+  const json* h = o.raw("host_hotkey");
+  if (!h) return;
+  Obj hk(h, o.path("host_hotkey"), o.problems());
+  if (!hk.valid()) return;
+  HostHotkey key;
+  std::string keys_path = hk.path("keys");
+  if (const json* k = hk.raw("keys", true); k && !k->is_array()) {
+    o.problems().add(keys_path, "expected an array of key names, got " + type_name(*k));
+  } else if (k && (k->empty() || k->size() > 6)) {
+    o.problems().add(keys_path,
+                     "expected 1 to 6 keys held together, got " + std::to_string(k->size()));
+  }
+  hk.array("keys", [&](const json& e, const std::string& path) {
+    if (!e.is_string()) {
+      o.problems().add(path, "expected a key name such as \"KEY_END\", got " + type_name(e));
+      return;
+    }
+    std::string name = e.get<std::string>();
+    auto code = key_code(name);
+    if (!code) {
+      o.problems().add(path,
+                       "expected a key name of linux/input-event-codes.h such as "
+                       "\"KEY_LEFTCTRL\", got \"" +
+                           name + "\"");
+    } else if (std::find(key.codes.begin(), key.codes.end(), *code) != key.codes.end()) {
+      o.problems().add(path, "\"" + name + "\" is listed twice");
+    } else {
+      key.keys.push_back(name);
+      key.codes.push_back(*code);
+    }
+  });
+  hk.array("devices", [&](const json& e, const std::string& path) {
+    if (!e.is_string() || e.get<std::string>().empty()) {
+      o.problems().add(path, "expected an evdev device path, got " + type_name(e));
+      return;
+    }
+    std::filesystem::path dev = e.get<std::string>();
+    if (dev.is_relative() && !o.problems().base_dir.empty()) dev = o.problems().base_dir / dev;
+    key.devices.push_back(dev.string());
+    check_file(o.problems(), path, dev.string(), checks);
+  });
+  if (key.devices.empty()) {
+    for (const EvdevInput& e : p.evdev) key.devices.push_back(e.path);
+  }
+  std::string action = "shutdown";
+  hk.choice("action", action, {"shutdown", "poweroff"});
+  key.action = action == "poweroff" ? HostHotkey::Action::kPoweroff : HostHotkey::Action::kShutdown;
+  if (key.devices.empty()) {
+    o.problems().add(o.path("host_hotkey"),
+                     "needs keyboards to read: input/evdev entries or host_hotkey/devices");
+  }
+  p.host_hotkey = key;
+}
+
 void parse_inputs(Obj& o, Profile& p, const ProfileChecks& checks) {
   if (const json* in = o.raw("input")) {
     Obj input(in, o.path("input"), o.problems());
@@ -1169,6 +1234,7 @@ Profile parse_profile(std::string_view text, const std::string& file, const Prof
     parse_disks(o, p, checks);
     parse_network(o, p);
     parse_inputs(o, p, checks);
+    parse_desk(o, p, checks);
     if (const json* t = o.raw("tpm")) {
       Obj tpm(t, o.path("tpm"), problems);
       tpm.path_str("state_dir", p.tpm_state_dir, true);
@@ -1225,6 +1291,15 @@ Profile parse_profile(std::string_view text, const std::string& file, const Prof
                 "nothing was started; fields are described in profiles/README.md");
   }
   return p;
+}
+
+std::optional<int> key_code(std::string_view name) {
+  static const std::map<std::string_view, int> codes = {
+#include "profile/key_names.inc"
+  };
+  auto it = codes.find(name);
+  if (it == codes.end()) return std::nullopt;
+  return it->second;
 }
 
 Profile load_profile(const std::string& path, const ProfileChecks& checks) {

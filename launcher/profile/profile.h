@@ -156,6 +156,15 @@ struct HostConfig {
   std::string release_hook;
 };
 
+/// A key combination passlaunch watches on the profile's evdev keyboards
+/// while the guest runs (profiles/README.md, "host_hotkey").
+struct HostHotkey {
+  std::vector<std::string> keys;     ///< "KEY_LEFTCTRL", ... (linux/input-event-codes.h)
+  std::vector<int> codes;            ///< their key codes, in the same order
+  std::vector<std::string> devices;  ///< evdev devices read (default: input/evdev's paths)
+  enum class Action { kShutdown, kPoweroff } action = Action::kShutdown;
+};
+
 /// How the guest tells the host it panicked (QEMU's GUEST_PANICKED event).
 enum class PanicModel {
   kNone,    ///< no panic notifier (the default)
@@ -240,7 +249,14 @@ struct Profile {
   std::vector<std::string> qemu_args;  ///< appended to QEMU's argv last, verbatim
   int shutdown_timeout_s = 120;
   HostConfig host;
+  /// Members of this group get every control socket command, not only status.
+  std::string control_group;
+  std::optional<HostHotkey> host_hotkey;  ///< none: no host hotkey
 };
+
+/// The code of key `name` ("KEY_A", "KEY_LEFTCTRL", "BTN_LEFT"), if it is one
+/// of linux/input-event-codes.h.
+std::optional<int> key_code(std::string_view name);
 
 /// What to check beyond the JSON itself.
 struct ProfileChecks {

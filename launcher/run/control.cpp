@@ -1,6 +1,7 @@
 #include "run/control.h"
 
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,10 +40,11 @@ struct ControlServer::Session {
   stream::socket socket;
   qmp::ServerParser parser{kMaxMessage};
   bool negotiated = false;
-  bool oob = false;                         // the client enabled oob
-  bool dead = false;                        // dropped: nothing more is read or written
-  bool eof = false;                         // the client will send nothing more
-  bool writing = false;                     // the writer holds a message being written
+  bool oob = false;      // the client enabled oob
+  bool dead = false;     // dropped: nothing more is read or written
+  bool eof = false;      // the client will send nothing more
+  bool writing = false;  // the writer holds a message being written
+  bool full = true;      ///< false: the status command only (see "Access" in control.h)
   std::deque<std::shared_ptr<Slot>> order;  // requests without their reply sent yet
   std::deque<std::string> out;
   asio::steady_timer wake;  ///< poked when `out` gets a message
@@ -50,6 +52,24 @@ struct ControlServer::Session {
 };
 
 namespace {
+
+/// True when the peer on `fd` may run every command: root, our own user, or
+/// a member of `full_gid` (its primary or a supplementary group).
+bool full_access(int fd, std::optional<gid_t> full_gid) {
+  struct ucred cred {};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  if (cred.uid == 0 || cred.uid == ::geteuid()) return true;
+  if (!full_gid) return false;
+  if (cred.gid == *full_gid) return true;
+  gid_t groups[256];
+  len = sizeof groups;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) return false;
+  for (size_t i = 0; i < len / sizeof(gid_t); ++i) {
+    if (groups[i] == *full_gid) return true;
+  }
+  return false;
+}
 
 json error_reply(const std::string& cls, const std::string& desc,
                  const std::optional<json>& id = std::nullopt) {
@@ -118,6 +138,12 @@ void ControlServer::add_command(Command command) {
   commands_.push_back(std::move(command));
 }
 
+bool ControlServer::open_to_group(gid_t gid, std::optional<gid_t> full_gid) {
+  full_gid_ = full_gid;
+  return ::chown(path_.c_str(), static_cast<uid_t>(-1), gid) == 0 &&
+         ::chmod(path_.c_str(), 0660) == 0;
+}
+
 void ControlServer::start() { asio::co_spawn(ex_, accept_loop(), asio::detached); }
 
 void ControlServer::close() {
@@ -142,6 +168,7 @@ awaitable<void> ControlServer::accept_loop() {
       continue;
     }
     auto s = std::make_shared<Session>(std::move(sock));
+    s->full = full_access(s->socket.native_handle(), full_gid_);
     sessions_.push_back(s);
     const qmp::Greeting& g = qemu_.greeting();
     json version =
@@ -168,7 +195,7 @@ void ControlServer::broadcast(const json& event) {
   std::string msg = event.dump();
   auto all = sessions_;  // send() may drop a session
   for (auto& s : all) {
-    if (s->negotiated) send(s, msg);
+    if (s->negotiated && s->full) send(s, msg);
   }
 }
 
@@ -350,7 +377,16 @@ void ControlServer::handle(const std::shared_ptr<Session>& s, qmp::ServerParser:
     }
     return in_order(std::move(reply));
   }
-  if (auto it = by_name_.find(r->name); it != by_name_.end()) {
+  auto found = by_name_.find(r->name);
+  if (!s->full && (found == by_name_.end() || commands_[found->second].name != kStatus)) {
+    return in_order(error_reply("GenericError",
+                                "permission denied: only " + std::string(kStatus) +
+                                    " is open to the group; " + r->name +
+                                    " is for root (QMP can make QEMU open host files)",
+                                r->id));
+  }
+  if (found != by_name_.end()) {
+    auto it = found;
     r->local = &commands_[it->second];
     if (r->oob) {
       return in_order(

@@ -15,6 +15,14 @@
 //     type, `null` included; `exec-oob` replies go out as soon as they come.
 //     Events fan out to every negotiated client.
 //
+// Access: a peer that is root or our own user may run everything. The
+// socket is 0600 unless open_to_group() shares it; then the group's members
+// may connect, but only `qmp_capabilities` and the status command run for
+// them (and they get no events), unless they are also in the profile's
+// `control_group`: every other command reaches QEMU's monitor, and QMP can
+// make QEMU open, create or overwrite host files as root (blockdev-add,
+// drive-mirror, dump-guest-memory, screendump, migrate to exec:...).
+//
 // Input is parsed by qmp::ServerParser, which, like QEMU, answers malformed
 // input with a GenericError and resynchronises; a client is never dropped for
 // what it sends. It is dropped when its output queue passes kMaxQueued (it
@@ -28,6 +36,8 @@
 // clang-format off
 #include <utility>  // first: Boost 1.74's awaitable.hpp uses std::exchange without it
 // clang-format on
+
+#include <sys/types.h>
 
 #include <boost/asio.hpp>
 #include <functional>
@@ -81,6 +91,10 @@ class ControlServer {
   ~ControlServer();
 
   void add_command(Command command);
+  /// Shares control.sock with group `gid` (0660, that group): status only,
+  /// except for peers in `full_gid` (see "Access" above). False (the socket
+  /// stays 0600) when we may not give it to that group.
+  bool open_to_group(gid_t gid, std::optional<gid_t> full_gid);
   /// Starts accepting (a detached coroutine on the executor).
   void start();
   /// Sends an event to every negotiated client.
@@ -115,6 +129,7 @@ class ControlServer {
   std::list<std::shared_ptr<Session>> sessions_;
   std::vector<Command> commands_;
   std::map<std::string, size_t> by_name_;  // names and aliases -> commands_
+  std::optional<gid_t> full_gid_;
   bool closed_ = false;
 };
 

@@ -1,6 +1,7 @@
 #include "run/launcher.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -41,6 +42,7 @@
 #include "rom/rom.h"
 #include "run/control.h"
 #include "run/facts.h"
+#include "run/hotkey.h"
 #include "run/pinning.h"
 #include "run/runtime.h"
 #include "run/spawn.h"
@@ -54,6 +56,17 @@ using asio::use_awaitable;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+
+/// The gid of group `name`, if it exists here.
+std::optional<gid_t> lookup_group(const std::string& name) {
+  if (name.empty()) return std::nullopt;
+  struct group gr, *found = nullptr;
+  std::vector<char> buf(16384);
+  if (::getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found) != 0 || !found) {
+    return std::nullopt;
+  }
+  return found->gr_gid;
+}
 
 /// "12:34:56.789" in local time.
 std::string wall_clock() {
@@ -271,8 +284,22 @@ class Supervisor {
     }
     // ... and every romfile: a valid option ROM chain for the device it is on.
     check_romfiles();
-    // 2. One instance per name; the runtime dir holds the sockets.
+    // 2. One instance per name; the runtime dir holds the sockets. The group
+    // passlaunch may read the VM's status; the profile's control_group more.
+    if (!profile_.control_group.empty()) {
+      control_gid_ = lookup_group(profile_.control_group);
+      if (!control_gid_) {
+        throw Error(Exit::kUsage, profile_.file + ": /control_group: no group \"" +
+                                      profile_.control_group + "\" on this host");
+      }
+    }
     RuntimeDir runtime(profile_.name);
+    status_gid_ = lookup_group(options_.status_group);
+    if (status_gid_ && !runtime.share_with_group(*status_gid_)) {
+      log("warning: cannot share " + runtime.path() + " with the group " + options_.status_group +
+          ": only this user sees the VM");
+      status_gid_.reset();
+    }
     // 3. The host: hand the devices over (journaled), refuse a dirty host.
     // The service manager and libkmod are set up only when the host changes.
     bool passthrough = !profile_.devices.empty();
@@ -361,6 +388,8 @@ class Supervisor {
     // 5. The TPM emulator, when the profile has one: our own child, gone with QEMU.
     Swtpm swtpm;
     if (!profile_.tpm_state_dir.empty()) swtpm.start(profile_, runtime.file("swtpm.sock"));
+    // The host hotkey's keyboards, read (never grabbed) from now on.
+    if (profile_.host_hotkey) start_hotkey();
     // 6. The exact argv, printed before exec.
     std::vector<std::string> argv = build_qemu_argv(effective, facts);
     log("starting: " + join_quoted(argv));
@@ -509,17 +538,46 @@ class Supervisor {
     latency_.emplace(o);
     if (!latency_->notice().empty()) log(latency_->notice());
     log("recording thread latency (" +
-        std::string(latency_->notice().empty() ? "source bpf"
-                                               : "procfs, every " +
-                                                     std::to_string(
-                                                         options_.latency_interval.count()) +
-                                                     " ms") +
+        std::string(latency_->notice().empty()
+                        ? "source bpf"
+                        : "procfs, every " + std::to_string(options_.latency_interval.count()) +
+                              " ms") +
         ") into " + options_.latency_log);
+  }
+
+  /// The profile's host_hotkey (run/hotkey.h): held once, the graceful
+  /// shutdown; held again (or with action "poweroff"), quit at once.
+  void start_hotkey() {
+    const HostHotkey& hk = *profile_.host_hotkey;
+    hotkey_.emplace(
+        io_.get_executor(), hk.codes, [this](const std::string& dev) { on_hotkey(dev); },
+        [this](const std::string& dev, const std::string& why) {
+          log("host hotkey: no longer reading " + dev + ": " + why);
+        });
+    for (const std::string& dev : hk.devices) hotkey_->watch(dev);
+    log("host hotkey " + join(hk.keys, "+") + " watched on " + join(hk.devices, ", "));
+  }
+
+  void on_hotkey(const std::string& dev) {
+    if (profile_.host_hotkey->action == HostHotkey::Action::kPoweroff || outcome_.shutting_down) {
+      log("host hotkey on " + dev + ": quitting QEMU now");
+      if (outcome_.started) {
+        asio::co_spawn(io_, quit(), asio::detached);
+      } else {
+        outcome_.shutting_down = true;  // start() quits before `cont`
+      }
+      return;
+    }
+    log("host hotkey on " + dev + ": shutting the guest down (hold it again to quit at once)");
+    request_shutdown("");
   }
 
   /// The QMP-speaking control socket for `ctl`, `list` and any QMP client.
   void start_control() {
     control_.emplace(io_.get_executor(), control_path_, qmp_);
+    if (status_gid_ && !control_->open_to_group(*status_gid_, control_gid_)) {
+      log("warning: cannot share control.sock with the group " + options_.status_group);
+    }
     // Named as the QMP spec asks of downstream additions; the old names stay
     // as aliases.
     ControlServer::Command status{ControlServer::kStatus, {"passlaunch-status"}, {}, {}};
@@ -610,6 +668,7 @@ class Supervisor {
     status_ = status;
     // QEMU is gone: no more control clients.
     if (control_) control_->close();
+    if (hotkey_) hotkey_->close();
     // Its last events (SHUTDOWN, GUEST_PANICKED) may still be unread on the
     // QMP socket when the exit is seen first: read the connection to its
     // end (QEMU's exit closed it), at most a second. Then nothing else on
@@ -815,6 +874,8 @@ class Supervisor {
   asio::signal_set signals_;
   qmp::Client qmp_;
   std::optional<ControlServer> control_;
+  std::optional<HotkeyWatcher> hotkey_;
+  std::optional<gid_t> status_gid_, control_gid_;
   std::optional<latency::BackgroundSampler> latency_;
   std::map<int, std::string> roles_;  ///< tid -> role label, from QMP (latency/role.h)
   std::optional<asio::posix::stream_descriptor> pidfd_, stdout_, stderr_;

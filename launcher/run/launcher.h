@@ -24,6 +24,9 @@ struct RunOptions {
   /// The host to hand over and restore; null: the real one under host_root.
   /// Tests pass a simulated host (its filesystem under host_root).
   host::HostEnv* host_env = nullptr;
+  /// Members of this group (when it exists) may find the VM and read its
+  /// status (`list`, `ctl NAME status`); nothing else (run/control.h).
+  std::string status_group = "passlaunch";
 };
 
 /// Runs the VM until it ends; returns the exit code (see README "Exit codes").

@@ -149,8 +149,38 @@ int listen_unix(const std::string& path) {
   return fd;
 }
 
+bool RuntimeDir::share_with_group(gid_t gid) {
+  if (::chown(path_.c_str(), static_cast<uid_t>(-1), gid) != 0 ||
+      ::chown(file("lock").c_str(), static_cast<uid_t>(-1), gid) != 0) {
+    return false;
+  }
+  return ::chmod(path_.c_str(), 0750) == 0 && ::fchmod(lock_fd_, 0640) == 0;
+}
+
+namespace {
+constexpr const char* kSystemBase = "/run/passlaunch";
+}
+
+std::vector<std::string> runtime_bases() {
+  std::vector<std::string> out{fs::path(runtime_dir_for("x")).parent_path().string()};
+  if (::getuid() != 0 && out[0] != kSystemBase) out.push_back(kSystemBase);
+  return out;
+}
+
+std::string find_runtime_dir(const std::string& name) {
+  std::string own = runtime_dir_for(name);
+  if (running_launcher_in(own) || ::getuid() == 0) return own;
+  std::string system = std::string(kSystemBase) + "/" + name;
+  if (running_launcher_in(system)) return system;
+  return own;
+}
+
 std::optional<pid_t> running_launcher(const std::string& name) {
-  std::string lock = runtime_dir_for(name) + "/lock";
+  return running_launcher_in(find_runtime_dir(name));
+}
+
+std::optional<pid_t> running_launcher_in(const std::string& dir) {
+  std::string lock = dir + "/lock";
   int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
