@@ -135,7 +135,7 @@ double load(const std::vector<std::string>& paths, int per_client) {
 }
 
 struct Latency {
-  double p50 = 0, p99 = 0;
+  double p50 = 0, p99 = 0, max = 0;
   size_t samples = 0;
 };
 
@@ -169,6 +169,7 @@ Latency under_big(const std::string& a_path, const std::string& b_path, size_t s
   l.samples = ms.size();
   l.p50 = ms[ms.size() / 2];
   l.p99 = ms[std::min(ms.size() - 1, ms.size() * 99 / 100)];
+  l.max = ms.back();
   return l;
 }
 
@@ -233,9 +234,9 @@ int main(int argc, char** argv) {
     Latency o = under_big(control, control, size);
     Latency q = under_big(qemu_paths[1], qemu_paths[2], size);
     std::printf(
-        "%4zu KiB command  ours p50 %6.2f p99 %7.2f ms (%zu)   qemu p50 %6.2f p99 %7.2f ms (%zu)"
-        "   p99 ratio %.2f\n",
-        size >> 10, o.p50, o.p99, o.samples, q.p50, q.p99, q.samples, o.p99 / q.p99);
+        "%4zu KiB command  ours p50 %6.2f p99 %7.2f max %7.1f ms (%zu)   qemu p50 %6.2f p99 %7.2f "
+        "max %7.1f ms (%zu)   p99 ratio %.2f\n",
+        size >> 10, o.p50, o.p99, o.max, o.samples, q.p50, q.p99, q.max, q.samples, o.p99 / q.p99);
   }
   boost::asio::post(io, [&] {
     server.close();

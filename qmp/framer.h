@@ -13,9 +13,10 @@
 // A value longer than max_message fails as soon as its first max_message bytes
 // are scanned, so memory stays bounded by max_message plus one fed chunk.
 //
-// The framer is pure (no I/O) and symmetric: the client uses it for QEMU's
-// replies, a server can use it for requests. After an error it stays failed
-// until reset(); values completed before the bad bytes are still returned.
+// The framer is pure (no I/O). It is strict, as a client must be with a
+// misbehaving QEMU: after an error it stays failed until reset(); values
+// completed before the bad bytes are still returned. A QMP server must
+// forgive its clients instead: the control socket uses qmp/server_parser.h.
 #pragma once
 
 #include <cstddef>

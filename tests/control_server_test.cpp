@@ -456,6 +456,30 @@ TEST_F(ControlQemu, AClientThatHangsUpIsFreedAtOnce) {
   EXPECT_LE(n, before) << "the launcher still holds " << n - before << " client sockets";
 }
 
+TEST_F(ControlQemu, ABurstOf64ConnectsAllGetThrough) {
+  // Non-blocking connects fail with EAGAIN once the listen backlog is full
+  // (it was 4); with SOMAXCONN all 64 must be accepted and greeted.
+  std::vector<int> fds;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, control_socket().c_str(), sizeof addr.sun_path - 1);
+  int failed = 0;
+  for (int i = 0; i < 64; ++i) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) ++failed;
+    fds.push_back(fd);
+  }
+  EXPECT_EQ(failed, 0);
+  int greeted = 0;
+  for (int fd : fds) {
+    pollfd p{fd, POLLIN, 0};
+    char b[512];
+    if (::poll(&p, 1, 10000) > 0 && ::read(fd, b, sizeof b) > 0) ++greeted;
+    ::close(fd);
+  }
+  EXPECT_EQ(greeted, 64 - failed);
+}
+
 TEST_F(ControlQemu, ThirdPartyClientWrittenFromTheQmpSpec) {
   // tests/qmp_spec_client.py: Python's asyncio, standard library only.
   auto [code, out] = test::capture(
