@@ -305,13 +305,14 @@ int main(int argc, char** argv) {
   // Match by end time: both clocks are CLOCK_MONOTONIC, both stamps taken
   // at the same sched_switch, a few hundred ns apart.
   std::printf("%-14s %6s %6s %7s %8s %8s %8s %10s %10s %9s %9s %7s\n", "thread", "bpf", "perf",
-              "matched", "diff p50", "diff p90", "diff max", "worst bpf", "worst perf",
-              "switch-in", "schedstat", "delta");
+              "matched", "diff p50", "diff p90", "diff max", "worst bpf", "worst perf", "switch-in",
+              "schedstat", "delta");
   for (size_t i = 0; i < w.tids.size(); ++i) {
     int tid = w.tids[i];
     std::vector<std::pair<int64_t, int64_t>> ours;  // end, wait
     for (const auto& e : r.events)
-      if (e.tid == tid) ours.push_back({e.end_ns, static_cast<int64_t>(std::llround(e.wait_us * 1000))});
+      if (e.tid == tid)
+        ours.push_back({e.end_ns, static_cast<int64_t>(std::llround(e.wait_us * 1000))});
     const auto& theirs = perf_side.waits[tid];
     std::vector<double> diffs;
     size_t matched = 0, j = 0;
@@ -332,14 +333,16 @@ int main(int argc, char** argv) {
     uint64_t stat_in = slices1[i] - slices0[i];
     std::printf("%-14s %6zu %6zu %7zu %8.2f %8.2f %8.2f %10.1f %10.1f %9llu %9llu %6.2f%%\n",
                 w.names[i].c_str(), ours.size(), theirs.size(), matched, pct(diffs, 0.5),
-                pct(diffs, 0.9), diffs.empty() ? NAN : *std::max_element(diffs.begin(), diffs.end()),
-                worst_ours / 1000.0, worst_theirs / 1000.0, static_cast<unsigned long long>(ours_in),
-                static_cast<unsigned long long>(stat_in),
+                pct(diffs, 0.9),
+                diffs.empty() ? NAN : *std::max_element(diffs.begin(), diffs.end()),
+                worst_ours / 1000.0, worst_theirs / 1000.0,
+                static_cast<unsigned long long>(ours_in), static_cast<unsigned long long>(stat_in),
                 stat_in ? 100.0 * (static_cast<double>(ours_in) - stat_in) / stat_in : 0.0);
   }
-  std::printf("(diff: |BPF wait - perf wait| in us over the waits both saw; worst: the longest of "
-              "those on each side; switch-in: the BPF count against the schedstat timeslice delta "
-              "over the same span)\n");
+  std::printf(
+      "(diff: |BPF wait - perf wait| in us over the waits both saw; worst: the longest of "
+      "those on each side; switch-in: the BPF count against the schedstat timeslice delta "
+      "over the same span)\n");
   std::printf("BPF cost: %.0f ns per event, %llu events, %.3f%% of a core; user side %.3f%%\n",
               r.bpf_ns_per_event, static_cast<unsigned long long>(r.bpf_events),
               r.bpf_cpu_share * 100, r.sampler_cpu_share * 100);

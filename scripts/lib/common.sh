@@ -13,6 +13,7 @@ PL_PACKAGES=(
   linux-image-cloud-amd64 busybox-static cpio gzip
   fakeroot
   iproute2 kmod procps systemd util-linux bsdutils swtpm
+  clang libbpf-dev bpftool linux-perf libbpf-tools
 )
 
 # Installs the packages that are not installed yet; quiet and fast when all are.
