@@ -1,7 +1,7 @@
 // latency_accuracy: the BPF source against perf, wait by wait.
 //
 // A workload of pinned threads (sleep 1 ms / spin 150 us on CPU 0 and on the
-// last CPU, a hog sharing the last CPU, a timerfd storm every 200 us on CPU
+// last CPU, a hog sharing the last CPU, a timerfd storm every 500 us on CPU
 // 0) runs under `perf record` of the scheduler's events (the events `perf
 // sched record` takes, plus sched_wakeup; -k mono so that both clocks are
 // CLOCK_MONOTONIC) and the BPF source (threshold 0: every wait streamed) at
@@ -114,7 +114,7 @@ struct Workload {
         pin(0);
         prctl(PR_SET_TIMERSLACK, 1UL);
         int fd = timerfd_create(CLOCK_MONOTONIC, 0);
-        itimerspec its{{0, 200'000}, {0, 200'000}};
+        itimerspec its{{0, 500'000}, {0, 500'000}};
         timerfd_settime(fd, 0, &its, nullptr);
         report(3);
         uint64_t n;
@@ -187,19 +187,16 @@ PerfSide parse_perf(const std::string& script, const std::vector<int>& targets) 
   while (std::getline(in, line)) {
     // "<comm> <tid> [cpu] <sec.nsec>: sched:<event>: <fields>"; comm may have spaces.
     auto lb = line.find(" [");
-    auto colon = line.find(": sched:");
-    if (lb == std::string::npos || colon == std::string::npos) continue;
+    auto ev_at = line.find("sched:sched_");
+    if (lb == std::string::npos || ev_at == std::string::npos) continue;
     int cpu = std::atoi(line.c_str() + lb + 2);
     auto rb = line.find(']', lb);
-    std::string ts = line.substr(rb + 1, colon - rb - 1);
-    double sec = 0;
     long long whole = 0, frac = 0;
-    if (std::sscanf(ts.c_str(), " %lld.%lld", &whole, &frac) != 2) continue;
-    (void)sec;
+    if (std::sscanf(line.c_str() + rb + 1, " %lld.%lld", &whole, &frac) != 2) continue;
     int64_t t = whole * 1'000'000'000LL + frac;
     side.first_ns = std::min(side.first_ns, t);
     side.last_ns = std::max(side.last_ns, t);
-    std::string ev = line.substr(colon + 8, line.find(':', colon + 8) - colon - 8);
+    std::string ev = line.substr(ev_at + 6, line.find(':', ev_at + 6) - ev_at - 6);
     if (ev == "sched_wakeup" || ev == "sched_wakeup_new") {
       int pid = static_cast<int>(field_int(line, " pid="));
       auto it = st.find(pid);
@@ -297,28 +294,54 @@ int main(int argc, char** argv) {
   std::printf("latency_accuracy: %.1f s, %zu BPF waits streamed (%llu dropped), perf %zu events\n",
               r.duration_s, r.events.size(), static_cast<unsigned long long>(r.events_dropped),
               static_cast<size_t>(std::count(script.begin(), script.end(), '\n')));
-  for (auto& [cpu, breaks] : perf_side.chain_breaks)
+  for (auto& [cpu, switches] : perf_side.switches)
     std::printf("  perf CPU %d: %llu switches, %llu chain breaks%s\n", cpu,
-                static_cast<unsigned long long>(perf_side.switches[cpu]),
-                static_cast<unsigned long long>(breaks), breaks ? " (perf lost events here)" : "");
+                static_cast<unsigned long long>(switches),
+                static_cast<unsigned long long>(perf_side.chain_breaks[cpu]),
+                perf_side.chain_breaks[cpu] ? " (perf lost events here)" : "");
 
-  // Match by end time: both clocks are CLOCK_MONOTONIC, both stamps taken
-  // at the same sched_switch, a few hundred ns apart.
+  // Match by end time. perf's -k mono stamps and bpf_ktime_get_ns() are
+  // both monotonic but, on this kernel, a constant apart (seconds): find it
+  // as the most common difference between switch-in stamps of the busiest
+  // thread, to 1 us, then match every wait within 5 us of it.
+  int64_t offset = 0;
+  {
+    std::map<int64_t, int> votes;
+    for (int tid : w.tids) {
+      std::vector<int64_t> ours_end;
+      for (const auto& e : r.events)
+        if (e.tid == tid && ours_end.size() < 300) ours_end.push_back(e.end_ns);
+      const auto& th = perf_side.waits[tid];
+      for (size_t a = 0; a < th.size() && a < 3000; ++a)
+        for (int64_t o2 : ours_end) ++votes[(th[a].end_ns - o2) / 1000];
+    }
+    int most = 0;
+    for (auto& [k, v] : votes)
+      if (v > most) most = v, offset = k * 1000;
+    std::printf("  clock offset perf - bpf: %.6f s (%d votes)\n", offset / 1e9, most);
+  }
   std::printf("%-14s %6s %6s %7s %8s %8s %8s %10s %10s %9s %9s %7s\n", "thread", "bpf", "perf",
-              "matched", "diff p50", "diff p90", "diff max", "worst bpf", "worst perf",
-              "switch-in", "schedstat", "delta");
+              "matched", "diff p50", "diff p90", "diff max", "worst bpf", "worst perf", "switch-in",
+              "schedstat", "delta");
   for (size_t i = 0; i < w.tids.size(); ++i) {
     int tid = w.tids[i];
     std::vector<std::pair<int64_t, int64_t>> ours;  // end, wait
     for (const auto& e : r.events)
-      if (e.tid == tid) ours.push_back({e.end_ns, static_cast<int64_t>(std::llround(e.wait_us * 1000))});
+      if (e.tid == tid)
+        ours.push_back({e.end_ns, static_cast<int64_t>(std::llround(e.wait_us * 1000))});
     const auto& theirs = perf_side.waits[tid];
     std::vector<double> diffs;
     size_t matched = 0, j = 0;
     int64_t worst_ours = 0, worst_theirs = 0;  // over the waits both saw
+    if (getenv("PL_DEBUG") && !ours.empty() && !theirs.empty())
+      for (size_t k = 0; k < 6 && k < ours.size() && k < theirs.size(); ++k)
+        std::printf("  debug: bpf %lld %lld perf %lld %lld\n", (long long)ours[k].first,
+                    (long long)ours[k].second, (long long)theirs[k].end_ns,
+                    (long long)theirs[k].wait_ns);
     for (const auto& ob : ours) {
-      while (j < theirs.size() && theirs[j].end_ns < ob.first - 5'000) ++j;
-      if (j < theirs.size() && std::llabs(theirs[j].end_ns - ob.first) <= 5'000) {
+      int64_t at = ob.first + offset;
+      while (j < theirs.size() && theirs[j].end_ns < at - 5'000) ++j;
+      if (j < theirs.size() && std::llabs(theirs[j].end_ns - at) <= 5'000) {
         diffs.push_back(std::fabs(static_cast<double>(ob.second - theirs[j].wait_ns)) / 1000.0);
         worst_ours = std::max(worst_ours, ob.second);
         worst_theirs = std::max(worst_theirs, theirs[j].wait_ns);
@@ -332,14 +355,16 @@ int main(int argc, char** argv) {
     uint64_t stat_in = slices1[i] - slices0[i];
     std::printf("%-14s %6zu %6zu %7zu %8.2f %8.2f %8.2f %10.1f %10.1f %9llu %9llu %6.2f%%\n",
                 w.names[i].c_str(), ours.size(), theirs.size(), matched, pct(diffs, 0.5),
-                pct(diffs, 0.9), diffs.empty() ? NAN : *std::max_element(diffs.begin(), diffs.end()),
-                worst_ours / 1000.0, worst_theirs / 1000.0, static_cast<unsigned long long>(ours_in),
-                static_cast<unsigned long long>(stat_in),
+                pct(diffs, 0.9),
+                diffs.empty() ? NAN : *std::max_element(diffs.begin(), diffs.end()),
+                worst_ours / 1000.0, worst_theirs / 1000.0,
+                static_cast<unsigned long long>(ours_in), static_cast<unsigned long long>(stat_in),
                 stat_in ? 100.0 * (static_cast<double>(ours_in) - stat_in) / stat_in : 0.0);
   }
-  std::printf("(diff: |BPF wait - perf wait| in us over the waits both saw; worst: the longest of "
-              "those on each side; switch-in: the BPF count against the schedstat timeslice delta "
-              "over the same span)\n");
+  std::printf(
+      "(diff: |BPF wait - perf wait| in us over the waits both saw; worst: the longest of "
+      "those on each side; switch-in: the BPF count against the schedstat timeslice delta "
+      "over the same span)\n");
   std::printf("BPF cost: %.0f ns per event, %llu events, %.3f%% of a core; user side %.3f%%\n",
               r.bpf_ns_per_event, static_cast<unsigned long long>(r.bpf_events),
               r.bpf_cpu_share * 100, r.sampler_cpu_share * 100);

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -30,6 +31,7 @@
 #include <vector>
 
 #include "core/tracepoint.h"
+#include "latency/bpf_source.h"
 #include "latency/procfs.h"
 #include "latency/sampler.h"
 
@@ -300,9 +302,149 @@ std::string num(double v, const char* fmt = "%.1f") {
   return b;
 }
 
+// ---- 4. The BPF source: added cost per tracepoint hit --------------------
+// `perf bench sched pipe -T` (two threads of one process ping-ponging over a
+// pipe) on one CPU: every round trip is two wakeups, two wakings and two
+// switches. Its time per op with nothing attached, then with the BPF source
+// attached for another process (a non-target task: the tgid compare only),
+// then targeting perf itself (both threads tracked: every hit does the
+// work), and with libbpf-tools' runqlat (in-kernel histograms for all tasks).
+// Per hit = added ns per op / hits per op (counted by bpf_stats).
+
+// Forks `perf bench sched pipe` pinned to `cpu`, held before exec until
+// go() so a profiler can attach to its pid first.
+struct PipeBench {
+  pid_t pid = -1;
+  int gate[2] = {-1, -1}, out[2] = {-1, -1};
+  explicit PipeBench(int loops, int cpu) {
+    if (pipe(gate) != 0 || pipe(out) != 0) std::abort();
+    pid = fork();
+    if (pid == 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(cpu, &set);
+      sched_setaffinity(0, sizeof set, &set);
+      char c;
+      close(gate[1]);
+      if (read(gate[0], &c, 1) != 1) _exit(1);
+      dup2(out[1], 1);
+      std::string l = std::to_string(loops);
+      execlp("perf", "perf", "bench", "sched", "pipe", "-T", "-l", l.c_str(),
+             static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(gate[0]);
+    close(out[1]);
+  }
+  // Runs it; returns usecs/op (NaN if perf failed).
+  double go() {
+    (void)!write(gate[1], "x", 1);
+    close(gate[1]);
+    std::string text;
+    char b[4096];
+    ssize_t n;
+    while ((n = read(out[0], b, sizeof b)) > 0) text.append(b, static_cast<size_t>(n));
+    close(out[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    auto p = text.find("usecs/op");
+    if (p == std::string::npos) return NAN;
+    auto q = text.rfind('\n', p);
+    return std::atof(text.c_str() + (q == std::string::npos ? 0 : q + 1));
+  }
+};
+
+void bpf_hit_cost(int loops, int rounds) {
+  std::printf(
+      "\nBPF source, added cost per tracepoint hit: perf bench sched pipe -T -l %d on CPU 0\n",
+      loops);
+  if (std::string why = pl::latency::bpf_unavailable_reason(); !why.empty()) {
+    std::printf("  skipped: %s\n", why.c_str());
+    return;
+  }
+  bool have_runqlat = access("/usr/sbin/runqlat", X_OK) == 0;
+  if (!have_runqlat) std::printf("  (no /usr/sbin/runqlat: install libbpf-tools)\n");
+  std::vector<double> base, other, target, rq;
+  double hits_per_op = 0;
+  for (int r = 0; r < rounds; ++r) {
+    base.push_back(PipeBench(loops, 0).go());
+    {  // non-target: the BPF source profiles a sleeping child, perf runs untracked
+      pid_t idle = fork();
+      if (idle == 0) {
+        pause();
+        _exit(0);
+      }
+      pl::latency::SamplerOptions o;
+      o.pid = idle;
+      pl::latency::BpfSource src(o);
+      std::thread t([&] { src.run(); });
+      other.push_back(PipeBench(loops, 0).go());
+      src.stop();
+      t.join();
+      kill(idle, SIGKILL);
+      waitpid(idle, nullptr, 0);
+    }
+    {  // target: perf's own threads tracked
+      PipeBench b(loops, 0);
+      pl::latency::SamplerOptions o;
+      o.pid = b.pid;
+      pl::latency::BpfSource src(o);
+      std::thread t([&] { src.run(); });
+      target.push_back(b.go());
+      t.join();  // ends with perf (pidfd)
+      pl::latency::Report rep = src.report();
+      hits_per_op = static_cast<double>(rep.bpf_events) / loops;
+    }
+    if (have_runqlat) {
+      pid_t rql = fork();
+      if (rql == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execl("/usr/sbin/runqlat", "runqlat", "60", "1", static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      std::this_thread::sleep_for(1500ms);  // loaded and attached
+      rq.push_back(PipeBench(loops, 0).go());
+      kill(rql, SIGINT);
+      waitpid(rql, nullptr, 0);
+    }
+  }
+  auto range = [](const std::vector<double>& v) {
+    char b[64];
+    if (v.empty()) return std::string("-");
+    std::snprintf(b, sizeof b, "%.2f-%.2f", *std::min_element(v.begin(), v.end()),
+                  *std::max_element(v.begin(), v.end()));
+    return std::string(b);
+  };
+  auto med = [](std::vector<double> v) -> double {
+    if (v.empty()) return NAN;
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  double b = med(base);
+  // runqlat attaches sched_wakeup, sched_wakeup_new and sched_switch: 4 of the 6 hits per op.
+  double rq_hits = hits_per_op > 2 ? hits_per_op - 2 : hits_per_op;
+  std::printf("  %-40s %14s %14s\n", "", "usecs/op", "added ns/hit");
+  std::printf("  %-40s %14s %14s\n", "nothing attached", range(base).c_str(), "");
+  std::printf("  %-40s %14s %14.0f\n", "bpf source, perf is not its target", range(other).c_str(),
+              (med(other) - b) * 1000 / hits_per_op);
+  std::printf("  %-40s %14s %14.0f\n", "bpf source, perf's threads tracked", range(target).c_str(),
+              (med(target) - b) * 1000 / hits_per_op);
+  if (have_runqlat)
+    std::printf("  %-40s %14s %14.0f\n", "runqlat (libbpf-tools), all tasks", range(rq).c_str(),
+                (med(rq) - b) * 1000 / rq_hits);
+  std::printf("  (%.1f tracepoint hits per op counted by bpf_stats; medians of %d rounds)\n",
+              hits_per_op, rounds);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--bpf") {  // only the BPF per-hit cost
+    bpf_hit_cost(argc > 2 ? std::atoi(argv[2]) : 200000, argc > 3 ? std::atoi(argv[3]) : 3);
+    return 0;
+  }
   int ticks = argc > 1 ? std::atoi(argv[1]) : 2000;
   pid_t child = start_child();
   std::vector<File> files = open_files(child);

@@ -162,6 +162,9 @@ int run_latency(const LatencyArgs& a) {
     o.reader = latency::ReadMethod::kPread;
   else
     throw Error(Exit::kUsage, "latency: --reader '" + a.reader + "': expected uring or pread");
+  if (o.interval < std::chrono::microseconds(10))  // checked for every source, as the sampler does
+    throw Error(Exit::kUsage,
+                "latency: --interval " + a.interval + " is too short; expected at least 10us");
   if (o.duration.count() > 0 && o.interval > o.duration)
     throw Error(Exit::kUsage,
                 "latency: --interval " + a.interval + " is longer than --duration " + a.duration);

@@ -41,7 +41,7 @@ struct WaitStats {
 
 /// A wait over the threshold, as streamed from the kernel.
 struct WaitEvent {
-  double at_s = 0;  ///< when it ended, from the start of profiling
+  double at_s = 0;     ///< when it ended, from the start of profiling
   int64_t end_ns = 0;  ///< when it ended, CLOCK_MONOTONIC (perf record -k mono's clock)
   int tid = 0;
   std::string kind;  ///< "wakeup" or "preempt"

@@ -14,6 +14,7 @@ PL_PACKAGES=(
   fakeroot qemu-guest-agent mtools xorriso
   iproute2 kmod procps systemd util-linux bsdutils swtpm
   sudo nodejs passwd
+  clang libbpf-dev bpftool linux-perf libbpf-tools
 )
 
 # Installs the packages that are not installed yet; quiet and fast when all are.
