@@ -60,8 +60,7 @@ class Framer {
   void scan();
 
   std::size_t max_message_;
-  std::string buf_;  // bytes from consumed_ on are not yet returned
-  std::size_t consumed_ = 0;
+  std::string buf_;        // the value being scanned and what follows (feed() drops the rest)
   std::size_t pos_ = 0;    // next byte to scan
   std::size_t start_ = 0;  // start of the value being scanned
   bool in_value_ = false;

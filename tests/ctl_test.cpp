@@ -323,10 +323,11 @@ TEST_F(HotkeyQemu, TogglesLogToAFileWithoutJournalOrSyslog) {
 
 TEST(Scripts, SystemdUnitVerifies) {
   test::TempDir dir;
-  std::ifstream in(std::string(PL_SOURCE_DIR) + "/scripts/passlaunch@.service");
+  std::ifstream in(std::string(PL_SOURCE_DIR) + "/scripts/passlaunch@.service.in");
   std::string unit((std::istreambuf_iterator<char>(in)), {});
-  for (size_t p; (p = unit.find("/usr/local/bin/passlaunch")) != std::string::npos;) {
-    unit.replace(p, 25, PL_PASSLAUNCH);
+  const std::string bin = "@PL_BIN@";  // filled in at install (scripts/CMakeLists.txt)
+  for (size_t p; (p = unit.find(bin)) != std::string::npos;) {
+    unit.replace(p, bin.size(), PL_PASSLAUNCH);
   }
   std::string path = dir.path() + "/passlaunch@.service";
   std::ofstream(path) << unit;

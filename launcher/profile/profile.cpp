@@ -733,7 +733,6 @@ void parse_inputs(Obj& o, Profile& p, const ProfileChecks& checks) {
       std::string vendor, product;
       u.str("vendor", vendor, true);
       u.str("product", product, true);
-      UsbHostDevice dev;
       auto v = parse_hex16(vendor), d = parse_hex16(product);
       if (u.valid() && !vendor.empty() && !v) {
         o.problems().add(u.path("vendor"),
