@@ -220,7 +220,8 @@ class HotkeyQemu : public CtlQemu {
  protected:
   void TearDown() override {
     ::unsetenv("PASSLAUNCH_SYSLOG_SOCKET");
-    if (test::run_command({PL_PASSLAUNCH, "ctl", name_, "poweroff"}) == 0) {
+    // A VM the scripts started that is still up (a failed test) is powered off.
+    if (passlaunch_cmd({"ctl", name_, "poweroff"}, dir_.path()).first == 0) {
       for (int i = 0; i < 300 && passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first == 0;
            ++i) {
         std::this_thread::sleep_for(100ms);
