@@ -1370,6 +1370,7 @@ TEST(LatencyCli, BpfSourceReportsEveryWaitAsTableJsonCsvAndPlot) {
   std::string text((std::istreambuf_iterator<char>(plot)), {});
   EXPECT_EQ(text.rfind("<svg", 0), 0u);
   EXPECT_NE(text.find("vcpu 0"), std::string::npos);
+  EXPECT_NE(text.find("Who was in the way"), std::string::npos) << "the blocker bar chart";
 }
 
 TEST(LatencyCli, ForcedSourcesSayWhichIsUsed) {

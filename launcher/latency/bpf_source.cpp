@@ -210,6 +210,7 @@ struct BpfSource::Impl {
   std::atomic<uint64_t> windows{0};
   std::vector<WaitEvent> events;
   uint64_t events_dropped = 0;
+  std::unordered_map<int, std::string> comms;  // blocker tid -> comm, for events
   int64_t start_ns = 0, end_ns = 0;
   int64_t cpu_start = 0, cpu_end = 0;
   uint64_t prog_ns_start = 0, prog_cnt_start = 0, prog_ns_end = 0, prog_cnt_end = 0;
@@ -309,7 +310,11 @@ struct BpfSource::Impl {
     Blocker b;
     b.kind = kind_name(e->top_kind);
     b.id = static_cast<int>(e->top_id);
-    if (e->top_kind == PL_BLK_TASK) b.name = read_comm(b.id, b.id);  // names at once: it may go
+    if (e->top_kind == PL_BLK_TASK) {  // named at once (it may go), once per task
+      auto [it, fresh] = m->comms.try_emplace(b.id);
+      if (fresh && m->comms.size() < 4096) it->second = read_comm(b.id, b.id);
+      b.name = it->second;
+    }
     if (e->top_kind == PL_BLK_SOFTIRQ && e->top_id < std::size(kSoftirqNames))
       b.name = kSoftirqNames[e->top_id];
     w.top_blocker = e->top_kind ? blocker_label(b) : "";

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <numeric>
 
 #include "latency/procfs.h"
@@ -347,6 +348,15 @@ std::string format_table(const Report& r) {
 std::string render_svg(const Report& r) {
   // Layout: plot area on the left, legend on the right.
   const double W = 1000, H = 520, left = 80, right = 290, top = 50, bottom = 60;
+  // The BPF source adds a bar chart of who was in the way, below the lines.
+  std::map<std::string, double> blame;
+  if (r.source == "bpf")
+    for (const ThreadReport& t : r.threads)
+      for (const Blocker& b : t.blockers) blame[blocker_label(b)] += b.time_us;
+  std::vector<std::pair<std::string, double>> bars(blame.begin(), blame.end());
+  std::sort(bars.begin(), bars.end(), [](auto& a, auto& b) { return a.second > b.second; });
+  if (bars.size() > 10) bars.resize(10);
+  const double bar_h = 22, chart_h = bars.empty() ? 0 : 60 + bar_h * bars.size();
   const double pw = W - left - right, ph = H - top - bottom;
   const double bucket_s = r.plot_bucket_ns / 1e9;
 
@@ -381,7 +391,7 @@ std::string render_svg(const Report& r) {
                 "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
                 "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" font-size=\"12\">\n"
                 "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
-                W, H, W, H);
+                W, H + chart_h, W, H + chart_h);
   s += buf;
   std::string title = "Run-queue delay per thread, pid " + std::to_string(r.pid);
   if (!r.vm.empty()) title += " (" + r.vm + ")";
@@ -471,6 +481,27 @@ std::string render_svg(const Report& r) {
                   left + pw + 14, ly, left + pw + 34, ly, left + pw + 40, ly + 4,
                   order.size() - kNamed);
     s += buf;
+  }
+  if (!bars.empty()) {
+    double y0 = H + 30, bw = W - left - 300,
+           most = bars.front().second > 0 ? bars.front().second : 1;
+    std::snprintf(buf, sizeof buf,
+                  "<text x=\"%.0f\" y=\"%.0f\" font-size=\"15\" font-weight=\"bold\">Who was in "
+                  "the way: wait time per blocker, all threads (\xC2\xB5s)</text>\n",
+                  left, y0);
+    s += buf;
+    for (size_t i = 0; i < bars.size(); ++i) {
+      double y = y0 + 15 + i * bar_h, w = bars[i].second / most * bw;
+      std::string label = bars[i].first;
+      if (label.size() > 30) label = label.substr(0, 29) + "\xE2\x80\xA6";
+      std::snprintf(buf, sizeof buf,
+                    "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n<rect x=\"%.1f\" y=\"%.1f\" "
+                    "width=\"%.1f\" height=\"%.1f\" fill=\"#d62728\"/>\n<text x=\"%.1f\" "
+                    "y=\"%.1f\">%s</text>\n",
+                    left, y + 15, xml_escape(label).c_str(), left + 220, y + 3, std::max(w, 1.0),
+                    bar_h - 6, left + 226 + w, y + 15, fixed(bars[i].second, 0).c_str());
+      s += buf;
+    }
   }
   s += "</svg>\n";
   return s;
