@@ -264,3 +264,72 @@ TEST_F(FirmwareQemu, BootIndexPutsTheDiskFirst) {
 
 }  // namespace
 }  // namespace pl
+
+#include "run/pinning.h"
+
+namespace pl {
+namespace {
+
+// The host's SMBIOS structures reach QEMU: `run --host-root` reads a DMI
+// table of our own, copies types 0-3 into the runtime dir, and QEMU (which
+// refuses a malformed file) starts the guest with them.
+TEST_F(VmFeaturesQemu, SmbiosHostModeCopiesTheHostTablesIntoTheRuntimeDir) {
+  std::string root = dir_.path() + "/host";
+  for (int cpu : {0, 1}) {
+    std::string d = root + "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology";
+    fs::create_directories(d);
+    std::ofstream(d + "/thread_siblings_list") << cpu << "\n";
+  }
+  std::ofstream(root + "/sys/devices/system/cpu/online") << "0-1\n";
+  fs::create_directories(root + "/sys/firmware/dmi/tables");
+  // Type 0 (BIOS: vendor, version, date), type 1 (system), type 17, end of table.
+  auto structure = [](int type, int len, const std::string& strings) {
+    std::string s(static_cast<size_t>(len), '\0');
+    s[0] = static_cast<char>(type);
+    s[1] = static_cast<char>(len);
+    if (type == 0) s[4] = 1, s[5] = 2, s[8] = 3;  // string numbers of vendor, version, date
+    if (type == 1) s[4] = 1, s[5] = 2;            // manufacturer, product
+    return s + strings + std::string(1, '\0');
+  };
+  using namespace std::string_literals;
+  std::ofstream(root + "/sys/firmware/dmi/tables/DMI", std::ios::binary)
+      << structure(0, 0x18, "Test BIOS Inc.\0"s + "F21\0"s + "10/01/2024\0"s)
+      << structure(1, 0x1b, "Test Maker\0"s + "Board 1\0"s) << structure(17, 0x28, "DIMM\0"s)
+      << structure(127, 4, "\0"s);
+  std::string path = dir_.path() + "/" + name_ + ".json";
+  std::ofstream(path) << test::guest_profile(name_, "normal", R"(, "smbios": {"mode": "host"})");
+  run_ = std::make_unique<test::Passlaunch>(
+      std::vector<std::string>{"run", path, "--host-root", root}, dir_.path());
+  ASSERT_TRUE(run_->out().wait_for("passlaunch-guest: ready", 120s)) << run_->out().text();
+  EXPECT_NE(run_->out().text().find("-smbios file=" + runtime("smbios-type0.bin") +
+                                    " -smbios file=" + runtime("smbios-type1.bin")),
+            std::string::npos)
+      << run_->out().text();
+  EXPECT_EQ(fs::file_size(runtime("smbios-type0.bin")), 0x18u + 31u);
+  EXPECT_FALSE(fs::exists(runtime("smbios-type17.bin")));
+}
+
+TEST(PinPlanRealtime, IothreadsAndEmulatorGetTheirPriorities) {
+  Pinning pin;
+  pin.vcpus = {1};
+  pin.emulator = {0};
+  pin.iothreads = {{"io1", {1}, 3}, {"io2", {}}};
+  pin.realtime_priority = 2;
+  pin.emulator_realtime_priority = 1;
+  QemuThreads q;
+  q.vcpus = {{0, 10}};
+  q.iothreads = {{"io1", 11}, {"io2", 12}};
+  auto pins = plan_pins(
+      pin, q, {{10, "CPU 0/KVM"}, {11, "IO io1"}, {12, "IO io2"}, {13, "qemu"}, {14, "vhost-9"}});
+  ASSERT_EQ(pins.size(), 5u);
+  std::map<pid_t, std::optional<int>> prio;
+  for (const ThreadPin& p : pins) prio[p.tid] = p.realtime_priority;
+  EXPECT_EQ(prio[10], 2);
+  EXPECT_EQ(prio[11], 3);
+  EXPECT_EQ(prio[12], std::nullopt);
+  EXPECT_EQ(prio[13], 1);
+  EXPECT_EQ(prio[14], std::nullopt) << "vhost workers are not emulator threads here";
+}
+
+}  // namespace
+}  // namespace pl
