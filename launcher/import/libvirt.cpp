@@ -133,7 +133,8 @@ class Importer {
     for (xml_node c : dev.children("address")) t_.dropped_all(c, kAddress);
     for (xml_node c : dev.children("alias")) t_.dropped_all(c, kBookkeeping);
     for (xml_node c : dev.children("boot")) {
-      t_.dropped_all(c, "boot order: not held by a profile; OVMF boots the first bootable disk");
+      // Consumed by the device's mapping (boot_index); anything left is said.
+      if (!t_.marked(c)) t_.dropped_all(c, "boot order of a device the profile does not hold");
     }
   }
 
@@ -288,8 +289,15 @@ void Importer::map_memory(xml_node dom) {
           bool two_mib = size && ((unit == "KiB" || unit == "k")   ? *size == 2048
                                   : (unit == "M" || unit == "MiB") ? *size == 2
                                                                    : false);
+          bool one_gib = size && ((unit == "KiB" || unit == "k")   ? *size == 1048576
+                                  : (unit == "M" || unit == "MiB") ? *size == 1024
+                                  : (unit == "G" || unit == "GiB") ? *size == 1
+                                                                   : false);
           if (two_mib) {
             t_.carried_all(page, "/memory/hugepages");
+          } else if (one_gib) {
+            p_.set("/memory/hugepage_size", "1G", "<hugepages><page size='1GiB'>");
+            t_.carried_all(page, "/memory/hugepage_size");
           } else {
             t_.changed(page, "/memory/hugepages",
                        "passlaunch backs memory with 2 MiB pages (/dev/hugepages)", false);
@@ -301,7 +309,8 @@ void Importer::map_memory(xml_node dom) {
                            " MiB: hugepages need a multiple of 2 MiB");
         }
       } else if (is(c.name(), "locked")) {
-        t_.dropped_all(c, "locking guest memory: VFIO pins the guest's memory anyway");
+        p_.set("/memory/locked", true, "<memoryBacking><locked/>");
+        t_.carried_all(c, "/memory/locked");
       } else if (is(c.name(), "nosharepages")) {
         t_.dropped_all(c, "KSM opt-out: not held by a profile");
       } else if (is(c.name(), "source") || is(c.name(), "access") || is(c.name(), "allocation")) {
@@ -525,13 +534,9 @@ void Importer::map_os(xml_node dom) {
     } else if (m.empty()) {
       problem(type, "<os><type machine='" + machine + "'>: expected a q35 or i440fx machine");
     } else {
-      p_.set("/machine", m, "<os><type machine='" + machine + "'>");
-      if (machine == m) {
-        carried_attr(type, "machine", "/machine");
-      } else {
-        t_.changed(type.attribute("machine"), type, "/machine",
-                   "QEMU's newest " + m + " machine rather than the versioned " + machine, false);
-      }
+      // The versioned name keeps the guest's hardware as it was.
+      p_.set("/machine", machine, "<os><type machine='" + machine + "'>");
+      carried_attr(type, "machine", "/machine");
     }
   }
   bool efi = is(os.attribute("firmware").value(), "efi");
@@ -556,11 +561,8 @@ void Importer::map_os(xml_node dom) {
       }
     }
     if (xml_attribute s = loader.attribute("secure")) {
-      t_.dropped(s, loader,
-                 std::string("secure='") + s.value() +
-                     "': a profile does not hold SMM-protected flash yet; Secure Boot follows "
-                     "the firmware image and its variables",
-                 is(s.value(), "yes"));
+      if (is(s.value(), "yes")) p_.set("/firmware/secure_boot", true, "<loader secure='yes'>");
+      t_.carried(s, loader, "/firmware/secure_boot");
     }
     dropped_attr(loader, "stateless", "stateless firmware: not held by a profile", true);
   }
@@ -608,6 +610,7 @@ void Importer::map_os(xml_node dom) {
                         " has these features (apt install ovmf)");
       } else {
         if (code.empty()) code = c->code;
+        if (c->requires_smm) p_.set("/firmware/secure_boot", true, "its descriptor requires SMM");
         if (vars.empty()) vars = c->vars_template;
         added_.push_back({"/firmware", "<os firmware='efi'> resolved against " + c->descriptor});
         p_.comment("/firmware/code", "<os firmware='efi'>: from " + c->descriptor);
@@ -640,7 +643,15 @@ void Importer::map_os(xml_node dom) {
     t_.dropped_all(b, "boot menu: OVMF shows its own on Esc", false);
   }
   for (xml_node b : os.children("smbios")) {
-    t_.dropped_all(b, "SMBIOS from the host: not held by a profile", true);
+    std::string mode = b.attribute("mode").value();
+    if (mode == "host") {
+      p_.set("/smbios/mode", "host", "<os><smbios mode='host'/>");
+      t_.carried_all(b, "/smbios");
+    } else if (mode == "sysinfo") {
+      t_.carried_all(b, "/smbios");  // <sysinfo> below gives the fields
+    } else {
+      t_.dropped_all(b, "SMBIOS mode " + mode + ": QEMU's own tables", false);
+    }
   }
 }
 
@@ -649,9 +660,13 @@ void Importer::map_features(xml_node dom) {
   if (!f) return;
   carried(f);
   // The enlightenments `hyperv.enlightenments: true` turns on (profile/argv.cpp).
-  static const std::set<std::string> kProfileSet = {"relaxed", "vapic",   "spinlocks",
-                                                    "vpindex", "runtime", "synic",
-                                                    "stimer",  "reset",   "frequencies"};
+  // QEMU's hv-* properties a profile names (profiles/README.md, cpu.hyperv.features).
+  static const std::set<std::string> kHvNames = {
+      "hv-apicv", "hv-avic",        "hv-crash",    "hv-emsr-bitmap",     "hv-enforce-cpuid",
+      "hv-evmcs", "hv-frequencies", "hv-ipi",      "hv-reenlightenment", "hv-relaxed",
+      "hv-reset", "hv-runtime",     "hv-stimer",   "hv-stimer-direct",   "hv-syndbg",
+      "hv-synic", "hv-time",        "hv-tlbflush", "hv-tlbflush-direct", "hv-tlbflush-ext",
+      "hv-vapic", "hv-vpindex",     "hv-xmm-input"};
   for (xml_node c : f.children()) {
     if (c.type() != pugi::node_element) continue;
     std::string name = c.name();
@@ -666,47 +681,53 @@ void Importer::map_features(xml_node dom) {
           t_.changed(m, c, "/cpu/hyperv", "passthrough mode becomes the profile's set", true);
         }
       }
-      bool any = false;
-      std::vector<std::string> missing(kProfileSet.begin(), kProfileSet.end());
+      if (is(c.attribute("mode").value(), "passthrough")) {
+        p_.set("/cpu/hyperv/mode", "passthrough", "<hyperv mode='passthrough'>");
+        t_.carried(c.attribute("mode"), c, "/cpu/hyperv/mode");
+      }
       for (xml_node e : c.children()) {
         if (e.type() != pugi::node_element) continue;
         std::string en = e.name();
         bool on = !is(e.attribute("state").value(), "off");
         if (en == "vendor_id") {
           if (on) {
-            std::string v = e.attribute("value").value();
-            p_.set("/cpu/hyperv/vendor_id", v, "<hyperv><vendor_id>");
-            t_.carried_all(e, "/cpu/hyperv/vendor_id");
-          } else {
-            t_.carried_all(e, "/cpu/hyperv");
+            p_.set("/cpu/hyperv/vendor_id", e.attribute("value").value(), "<hyperv><vendor_id>");
           }
-        } else if (kProfileSet.count(en) && on) {
-          any = true;
-          missing.erase(std::remove(missing.begin(), missing.end(), en), missing.end());
-          t_.carried_all(e, "/cpu/hyperv/enlightenments");
-          if (en == "spinlocks") {
-            auto retries = attr_number(e, "retries");
-            if (retries && *retries != 0x1fff) {
-              t_.changed(e.attribute("retries"), e, "/cpu/hyperv/enlightenments",
-                         "hv-spinlocks=0x1fff (8191), not " + std::to_string(*retries), true);
-            }
-          }
-          if (en == "stimer") {
-            for (xml_node d : e.children("direct")) {
-              t_.dropped_all(d, "direct synthetic timers: not held by a profile", true);
-            }
-          }
-        } else if (!on) {
-          t_.carried_all(e, "/cpu/hyperv");  // off is what a profile does without it
-        } else {
-          t_.dropped_all(e, "hv-" + en + ": not among the profile's enlightenments", true);
+          t_.carried_all(e, "/cpu/hyperv/vendor_id");
+          continue;
         }
-      }
-      if (any) {
-        p_.set("/cpu/hyperv/enlightenments", true, "<features><hyperv>");
-        for (const std::string& m : missing) {
-          added_.push_back(
-              {"/cpu/hyperv/enlightenments", "also turns on hv-" + m + ", which <hyperv> did not"});
+        // libvirt's names are QEMU's without "hv-", with '_' for '-'.
+        std::string q = "hv-" + en;
+        std::replace(q.begin(), q.end(), '_', '-');
+        const std::string ptr = "/cpu/hyperv/features/" + q;
+        if (en == "spinlocks") {
+          auto retries = attr_number(e, "retries", 0xffffffff);
+          if (on) {
+            p_.set(ptr, retries.value_or(0x1fff), "<hyperv><spinlocks>");
+          } else {
+            p_.set(ptr, false, "<hyperv><spinlocks>");
+          }
+          t_.carried_all(e, ptr);
+          continue;
+        }
+        if (kHvNames.count(q) == 0) {
+          t_.dropped_all(e, q + ": not among QEMU's enlightenments a profile names", true);
+          continue;
+        }
+        p_.set(ptr, on, "<hyperv><" + en + ">");
+        t_.carried(e, ptr);
+        t_.attributes_like_element(e);
+        for (xml_node sub : e.children()) {
+          if (sub.type() != pugi::node_element) continue;
+          std::string sq = q + "-" + sub.name();  // stimer/direct, tlbflush/direct|extended
+          if (sq == "hv-tlbflush-extended") sq = "hv-tlbflush-ext";
+          if (kHvNames.count(sq)) {
+            p_.set("/cpu/hyperv/features/" + sq, !is(sub.attribute("state").value(), "off"),
+                   "<" + en + "><" + sub.name() + ">");
+            t_.carried_all(sub, "/cpu/hyperv/features/" + sq);
+          } else {
+            t_.dropped_all(sub, sq + ": not among QEMU's enlightenments a profile names", true);
+          }
         }
       }
     } else if (name == "kvm") {
@@ -729,7 +750,8 @@ void Importer::map_features(xml_node dom) {
       }
     } else if (name == "ioapic") {
       if (is(c.attribute("driver").value(), "qemu")) {
-        t_.dropped_all(c, "the split (userspace) IOAPIC: not held by a profile", true);
+        p_.set("/platform/kernel_irqchip", "split", "<features><ioapic driver='qemu'/>");
+        t_.carried_all(c, "/platform/kernel_irqchip");
       } else {
         t_.carried_all(c, "/machine");  // the in-kernel IOAPIC is QEMU's default
       }
@@ -741,11 +763,8 @@ void Importer::map_features(xml_node dom) {
         t_.carried_all(c, "/cpu");
       }
     } else if (name == "vmport") {
-      if (is(c.attribute("state").value(), "off")) {
-        t_.dropped_all(c, "the VMware port stays (QEMU's default): not held by a profile", true);
-      } else {
-        t_.carried_all(c, "/machine");
-      }
+      p_.set("/platform/vmport", !is(c.attribute("state").value(), "off"), "<features><vmport>");
+      t_.carried_all(c, "/platform/vmport");
     } else if (name == "vmcoreinfo") {
       t_.dropped_all(c, "vmcoreinfo device: not held by a profile", false);
     }
@@ -824,8 +843,8 @@ void Importer::map_cpu(xml_node dom) {
   for (xml_node cache : cpu.children("cache")) {
     std::string cm = cache.attribute("mode").value();
     if (cm == "passthrough") {
-      p_.push("/cpu/features", "+host-cache-info", "<cpu><cache mode='passthrough'/>");
-      t_.carried_all(cache, "/cpu/features");
+      p_.set("/cpu/cache_passthrough", true, "<cpu><cache mode='passthrough'/>");
+      t_.carried_all(cache, "/cpu/cache_passthrough");
     } else if (cm == "emulate" && is(cache.attribute("level").value(), "3")) {
       p_.push("/cpu/features", "+l3-cache", "<cpu><cache level='3' mode='emulate'/>");
       t_.carried_all(cache, "/cpu/features");
@@ -885,24 +904,32 @@ void Importer::map_clock(xml_node dom) {
   for (xml_node tm : clock.children("timer")) {
     std::string name = tm.attribute("name").value();
     bool present = !is(tm.attribute("present").value(), "no");
-    if (name == "hypervclock" && present) {
-      if (p_.has("/cpu/hyperv/enlightenments")) {
-        t_.carried_all(tm, "/cpu/hyperv/enlightenments");  // hv-time is in the profile's set
-      } else {
-        t_.dropped_all(tm,
-                       "hv-time comes with cpu.hyperv.enlightenments, which <hyperv> did "
-                       "not turn on",
-                       true);
-      }
+    if (name == "hypervclock") {
+      p_.set("/cpu/hyperv/features/hv-time", present, "<timer name='hypervclock'>");
+      t_.carried_all(tm, "/cpu/hyperv/features/hv-time");
     } else if (name == "kvmclock" && !present) {
       p_.push("/cpu/features", "-kvmclock", "<timer name='kvmclock' present='no'/>");
       t_.carried_all(tm, "/cpu/features");
+    } else if (name == "hpet") {
+      p_.set("/clock/hpet", present, "<timer name='hpet'>");
+      t_.carried_all(tm, "/clock/hpet");
+    } else if (name == "rtc" && is(tm.attribute("tickpolicy").value(), "catchup")) {
+      p_.set("/clock/rtc_driftfix", "slew", "<timer name='rtc' tickpolicy='catchup'/>");
+      t_.carried_all(tm, "/clock/rtc_driftfix");
+    } else if (name == "pit" && tm.attribute("tickpolicy")) {
+      std::string tp = tm.attribute("tickpolicy").value();
+      std::string v = tp == "delay"     ? "delay"
+                      : tp == "catchup" ? "slew"
+                      : tp == "discard" ? "discard"
+                                        : "";
+      if (v.empty()) {
+        t_.dropped_all(tm, "PIT tick policy " + tp + ": not held by a profile", false);
+      } else {
+        p_.set("/clock/pit_lost_tick_policy", v, "<timer name='pit' tickpolicy='" + tp + "'/>");
+        t_.carried_all(tm, "/clock/pit_lost_tick_policy");
+      }
     } else if (name == "rtc" || name == "pit") {
-      t_.dropped_all(tm,
-                     "timer " + name +
-                         " tick policy: not held by a profile (QEMU's "
-                         "default)",
-                     false);
+      t_.dropped_all(tm, "timer " + name + ": QEMU's default", false);
     } else {
       t_.dropped_all(tm, "timer " + name + ": not held by a profile", true);
     }
@@ -933,7 +960,21 @@ void Importer::map_lifecycle(xml_node dom) {
     }
   }
   for (xml_node pm : dom.children("pm")) {
-    t_.dropped_all(pm, "S3/S4 settings: not held by a profile (QEMU's default)", true);
+    carried(pm, "/qemu_args");
+    const bool q35 = is_q35(p_.json.value("machine", "q35"));
+    for (xml_node c : pm.children()) {
+      if (c.type() != pugi::node_element) continue;
+      bool off = is(c.attribute("enabled").value(), "no");
+      const char* prop = is(c.name(), "suspend-to-mem") ? "disable_s3" : "disable_s4";
+      if (off) {
+        // What libvirt passes: -global ICH9-LPC.disable_s3=1 (PIIX4_PM on i440fx).
+        p_.push("/qemu_args", "-global", "<pm><" + std::string(c.name()) + " enabled='no'/>");
+        p_.push("/qemu_args", std::string(q35 ? "ICH9-LPC." : "PIIX4_PM.") + prop + "=1");
+        t_.carried_all(c, "/qemu_args");
+      } else {
+        t_.carried_all(c, "");  // QEMU's default
+      }
+    }
   }
   for (xml_node n : dom.children("blkiotune")) t_.dropped_all(n, "cgroup I/O weights", false);
   for (xml_node n : dom.children("memtune")) t_.dropped_all(n, "cgroup memory limits", false);
@@ -944,7 +985,6 @@ void Importer::map_lifecycle(xml_node dom) {
 
 void Importer::map_disk(xml_node disk) {
   carried(disk, "/disks");
-  device_bookkeeping(disk);
   std::string type = disk.attribute("type").value();
   std::string device = disk.attribute("device").value();
   carried_attr(disk, "type", "/disks");
@@ -955,17 +995,29 @@ void Importer::map_disk(xml_node disk) {
     t_.dropped_all(disk, "disk type " + type + ": a profile holds files and block devices", true);
     return;
   }
-  if (device == "cdrom" || device == "floppy" || device == "lun") {
+  if (device == "floppy" || device == "lun") {
+    device_bookkeeping(disk);
     t_.dropped_all(disk, device + ": not held by a profile", true);
     return;
   }
-  if (path.empty()) {
+  const bool cdrom = device == "cdrom";
+  if (path.empty() && !cdrom) {
+    device_bookkeeping(disk);
     t_.dropped_all(disk, "a disk without a source", true);
     return;
   }
-  ojson d = {{"path", path}};
+  ojson d = ojson::object();
+  if (!path.empty()) d["path"] = path;
+  if (cdrom) d["media"] = "cdrom";
   std::string ptr = "/disks/" + std::to_string(p_.json.value("disks", ojson::array()).size());
-  t_.carried_all(src, ptr + "/path");
+  if (src) t_.carried_all(src, ptr + "/path");
+  for (xml_node b : disk.children("boot")) {
+    if (auto order = attr_number(b, "order", 9999)) {
+      d["boot_index"] = *order;
+      t_.carried_all(b, ptr + "/boot_index");
+    }
+  }
+  device_bookkeeping(disk);
   for (xml_node c : disk.children()) {
     if (c.type() != pugi::node_element) continue;
     std::string n = c.name();
@@ -989,47 +1041,81 @@ void Importer::map_disk(xml_node disk) {
         }
       }
       if (xml_attribute a = c.attribute("discard")) {
-        if (is(a.value(), "unmap")) {
-          t_.carried(a, c, ptr);  // passlaunch always passes discard=unmap
+        if (is(a.value(), "unmap") || is(a.value(), "ignore")) {
+          d["discard"] = a.value();
+          t_.carried(a, c, ptr + "/discard");
         } else {
-          t_.changed(a, c, ptr, "discards are passed down (discard=unmap)", false);
+          problem(c, std::string("<driver discard='") + a.value() + "'>: expected unmap or ignore");
         }
       }
-      for (const char* a : {"cache", "io", "detect_zeroes", "queues", "error_policy"}) {
+      std::string cache = c.attribute("cache").value();
+      if (cache == "none" || cache == "writeback" || cache == "writethrough" ||
+          cache == "directsync" || cache == "unsafe") {
+        d["cache"] = cache;
+        carried_attr(c, "cache", ptr + "/cache");
+      } else if (!cache.empty() && cache != "default") {
+        problem(c, "<driver cache='" + cache +
+                       "'>: expected none, writeback, writethrough, "
+                       "directsync or unsafe");
+      } else {
+        carried_attr(c, "cache", ptr);
+      }
+      std::string io = c.attribute("io").value();
+      if (io == "threads" || io == "native" || io == "io_uring") {
+        d["aio"] = io;
+        carried_attr(c, "io", ptr + "/aio");
+      } else if (!io.empty() && io != "default") {
+        problem(c, "<driver io='" + io + "'>: expected threads, native or io_uring");
+      }
+      for (const char* a : {"detect_zeroes", "queues", "error_policy"}) {
         dropped_attr(c, a, std::string(a) + ": QEMU's default (not held by a profile)");
       }
     } else if (n == "target") {
       std::string bus = c.attribute("bus").value();
       carried(c, ptr);
       dropped_attr(c, "dev", "the guest's device name is libvirt's bookkeeping");
-      if (bus == "virtio") {
+      if (bus == "virtio" && !cdrom) {
         carried_attr(c, "bus", ptr + "/interface");
-      } else if (bus == "nvme") {
-        d["interface"] = "nvme";
-        carried_attr(c, "bus", ptr + "/interface");
+      } else if (bus == "nvme" || bus == "sata" || bus == "scsi" || (bus == "virtio" && cdrom)) {
+        d["interface"] = bus == "virtio" ? "sata" : bus;
+        if (bus == "virtio") {
+          t_.changed(c.attribute("bus"), c, ptr + "/interface", "a CD-ROM sits on SATA", true);
+        } else {
+          carried_attr(c, "bus", ptr + "/interface");
+        }
+      } else if (bus == "ide") {
+        d["interface"] = "sata";
+        t_.changed(c.attribute("bus"), c, ptr + "/interface",
+                   "q35 has no IDE: the disk sits on its AHCI (SATA) controller, the same "
+                   "ide-hd/ide-cd devices",
+                   true);
       } else {
         t_.changed(c.attribute("bus"), c, ptr + "/interface",
                    "bus " + bus + " becomes virtio: the guest needs virtio drivers (virtio-win)",
                    true);
       }
     } else if (n == "readonly") {
-      d["readonly"] = true;
+      if (!cdrom) d["readonly"] = true;  // a CD-ROM always is
       carried(c, ptr + "/readonly");
     } else if (n == "shareable") {
       t_.dropped_all(c, "shared disks: not held by a profile", false);
     } else if (n == "serial") {
-      t_.dropped_all(c, "disk serial: not held by a profile", true);
+      d["serial"] = c.text().get();
+      t_.carried_all(c, ptr + "/serial");
     } else if (n == "wwn" || n == "vendor" || n == "product" || n == "blockio" || n == "geometry") {
       t_.dropped_all(c, n + ": not held by a profile", true);
     }
   }
-  if (d.value("interface", "virtio") != "virtio" && d.contains("iothread")) d.erase("iothread");
-  p_.push("/disks", std::move(d), "<disk type='" + type + "' device='disk'>");
+  if (d.value("interface", "virtio") != "virtio" && d.value("interface", "") != "scsi" &&
+      d.contains("iothread")) {
+    d.erase("iothread");
+  }
+  p_.push("/disks", std::move(d),
+          "<disk type='" + type + "' device='" + (cdrom ? "cdrom" : "disk") + "'>");
 }
 
 void Importer::map_interface(xml_node iface) {
   carried(iface, "/network");
-  device_bookkeeping(iface);
   std::string type = iface.attribute("type").value();
   std::string ptr = "/network/" + std::to_string(p_.json.value("network", ojson::array()).size());
   ojson n;
@@ -1073,10 +1159,18 @@ void Importer::map_interface(xml_node iface) {
     n = {{"type", "user"}};
     comment = "<interface type='user'>";
   } else {
+    device_bookkeeping(iface);
     t_.dropped_all(iface, "interface type " + type + ": not held by a profile", true);
     return;
   }
   carried_attr(iface, "type", ptr + "/type");
+  for (xml_node b : iface.children("boot")) {
+    if (auto order = attr_number(b, "order", 9999)) {
+      n["boot_index"] = *order;
+      t_.carried_all(b, ptr + "/boot_index");
+    }
+  }
+  device_bookkeeping(iface);
   for (xml_node c : iface.children()) {
     if (c.type() != pugi::node_element) continue;
     std::string cn = c.name();
@@ -1123,7 +1217,6 @@ void Importer::map_interface(xml_node iface) {
 
 void Importer::map_hostdev(xml_node hd) {
   std::string type = hd.attribute("type").value();
-  device_bookkeeping(hd);
   carried(hd, "/devices");
   carried_attr(hd, "mode");
   if (type == "pci") {
@@ -1155,6 +1248,12 @@ void Importer::map_hostdev(xml_node hd) {
         t_.dropped_all(dr, "legacy KVM device assignment: passlaunch uses vfio", false);
       }
     }
+    for (xml_node b : hd.children("boot")) {
+      if (auto order = attr_number(b, "order", 9999)) {
+        d["boot_index"] = *order;
+        t_.carried_all(b, ptr + "/boot_index");
+      }
+    }
     for (xml_node rom : hd.children("rom")) {
       carried(rom, ptr);
       if (xml_attribute f = rom.attribute("file")) {
@@ -1162,17 +1261,16 @@ void Importer::map_hostdev(xml_node hd) {
         t_.carried(f, rom, ptr + "/romfile");
       }
       if (xml_attribute bar = rom.attribute("bar")) {
-        t_.dropped(bar, rom,
-                   std::string("bar='") + bar.value() +
-                       "': not held by a profile (QEMU's default "
-                       "exposes the ROM BAR)",
-                   is(bar.value(), "off"));
+        if (is(bar.value(), "off")) d["rombar"] = false;
+        t_.carried(bar, rom, ptr + "/rombar");
       }
       dropped_attr(rom, "enabled", "the ROM is exposed (not held by a profile)", true);
     }
+    device_bookkeeping(hd);
     if (first_gpu_.empty()) first_gpu_ = addr.str();
     p_.push("/devices", std::move(d), "<hostdev type='pci'> " + addr.str());
   } else if (type == "usb") {
+    device_bookkeeping(hd);
     xml_node src = hd.child("source");
     auto vendor = attr_number(src.child("vendor"), "id", 0xffff);
     auto product = attr_number(src.child("product"), "id", 0xffff);
@@ -1200,6 +1298,7 @@ void Importer::map_hostdev(xml_node hd) {
                      true);
     }
   } else {
+    device_bookkeeping(hd);
     t_.dropped_all(hd, "hostdev type " + type + ": not held by a profile", true);
   }
 }
@@ -1256,7 +1355,13 @@ void Importer::map_devices(xml_node devices) {
       map_input(dev);
     } else if (n == "controller") {
       std::string type = dev.attribute("type").value();
-      if (type == "usb" && has_usb_hostdev_) {
+      if (type == "virtio-serial" && devices.find_child([](xml_node c) {
+            return is(c.name(), "channel") &&
+                   is(c.child("target").attribute("name").value(), "org.qemu.guest_agent.0");
+          })) {
+        t_.carried_all(dev, "/guest_agent");  // the agent's virtio-serial controller
+        device_bookkeeping(dev);
+      } else if (type == "usb" && has_usb_hostdev_) {
         t_.carried_all(dev, "/input/usb");  // qemu-xhci for the USB host devices
         device_bookkeeping(dev);
       } else {
@@ -1337,6 +1442,79 @@ void Importer::map_devices(xml_node devices) {
       t_.dropped_all(dev, "a SPICE channel: there is no SPICE display", false);
     } else if (n == "video" && is(dev.child("model").attribute("type").value(), "none")) {
       t_.carried_all(dev, "");  // no emulated display adapter, as passlaunch's -display none
+    } else if (n == "graphics" && (is(dev.attribute("type").value(), "vnc") ||
+                                   is(dev.attribute("type").value(), "spice"))) {
+      std::string type = dev.attribute("type").value();
+      p_.set("/display/type", type, "<graphics type='" + type + "'>");
+      carried(dev, "/display");
+      carried_attr(dev, "type", "/display/type");
+      std::string port = dev.attribute("port").value();
+      std::string listen = dev.attribute("listen").value();
+      if (!port.empty() && port != "-1" && !listen.empty()) {
+        p_.set("/display/listen", listen + ":" + port, "<graphics listen port>");
+        carried_attr(dev, "port", "/display/listen");
+        carried_attr(dev, "listen", "/display/listen");
+      } else {
+        for (const char* a : {"port", "autoport", "listen", "tlsPort"}) {
+          t_.changed(dev.attribute(a), dev, "/display/listen",
+                     "the display listens on a Unix socket in the runtime dir "
+                     "(`ctl NAME display` says how to connect)",
+                     false);
+        }
+      }
+      for (xml_node c : dev.children()) {
+        t_.dropped_all(c, std::string(c.name()) + ": the display server's defaults");
+      }
+    } else if (n == "video" && p_.has("/display/type")) {
+      std::string m = dev.child("model").attribute("type").value();
+      std::string vga = m == "virtio" ? "virtio" : m == "qxl" ? "qxl" : "std";
+      p_.set("/display/vga", vga, "<video><model type='" + m + "'>");
+      carried(dev, "/display/vga");
+      if (m == "vga" || m == "virtio" || m == "qxl") {
+        t_.carried(dev.child("model"), "/display/vga");
+        carried_attr(dev.child("model"), "type", "/display/vga");
+      } else {
+        t_.changed(dev.child("model"), "/display/vga", "model " + m + " becomes the standard VGA",
+                   true);
+      }
+      t_.attributes_like_element(dev.child("model"));
+      for (xml_node c : dev.child("model").children()) t_.dropped_all(c, "video acceleration");
+      device_bookkeeping(dev);
+    } else if (n == "sound" && (is(dev.attribute("model").value(), "ich9") ||
+                                is(dev.attribute("model").value(), "ich6"))) {
+      std::string m = dev.attribute("model").value();
+      p_.set("/sound/model", m == "ich9" ? "ich9" : "hda", "<sound model='" + m + "'>");
+      carried(dev, "/sound");
+      carried_attr(dev, "model", "/sound/model");
+      std::string codec = dev.child("codec").attribute("type").value();
+      if (!codec.empty()) {
+        p_.set("/sound/codec", codec, "<codec>");
+        t_.carried_all(dev.child("codec"), "/sound/codec");
+      }
+      // The backend: the <audio> it names, else the first one.
+      std::string backend = "none";
+      for (xml_node a : devices.children("audio")) {
+        std::string t = a.attribute("type").value();
+        backend = t == "pulseaudio" ? "pa" : t == "alsa" ? "alsa" : "none";
+        if (t == "pulseaudio" && a.attribute("serverName")) {
+          p_.set("/sound/server", a.attribute("serverName").value(), "<audio serverName>");
+        }
+        if (t != "pulseaudio" && t != "alsa" && t != "none") {
+          t_.changed(a, "/sound/backend", "audio backend " + t + " becomes none", true);
+        } else {
+          t_.carried(a, "/sound/backend");
+        }
+        t_.attributes_like_element(a);
+        for (xml_node c : a.children()) t_.dropped_all(c, "audio backend options");
+        break;
+      }
+      p_.set("/sound/backend", backend, "<audio type>");
+      for (xml_node c : dev.children("audio")) t_.carried_all(c, "/sound/backend");
+      device_bookkeeping(dev);
+    } else if (n == "audio" && t_.marked(dev)) {
+      // taken by <sound> above
+    } else if (n == "audio" && !devices.child("sound")) {
+      t_.dropped_all(dev, "an audio backend without a sound device: nothing to play", false);
     } else if (n == "graphics" || n == "video" || n == "audio" || n == "sound") {
       t_.dropped_all(dev,
                      n + ": a profile has no emulated display or sound (the passed-through "
@@ -1347,10 +1525,29 @@ void Importer::map_devices(xml_node devices) {
                      false);
     } else if (n == "rng") {
       t_.dropped_all(dev, "virtio RNG: not held by a profile", true);
+    } else if (n == "channel" &&
+               is(dev.child("target").attribute("name").value(), "org.qemu.guest_agent.0")) {
+      p_.set("/guest_agent", true, "<channel> org.qemu.guest_agent.0");
+      t_.carried_all(dev, "/guest_agent");
+      device_bookkeeping(dev);
+      dropped_attr(dev.child("source"), "path",
+                   "the agent's socket is qga.sock in the runtime dir");
     } else if (n == "channel") {
       t_.dropped_all(dev, "a virtio-serial channel: not held by a profile", true);
+    } else if (n == "shmem" && (is(dev.child("model").attribute("type").value(), "ivshmem-plain") ||
+                                !dev.child("model"))) {
+      xml_node size = dev.child("size");
+      auto bytes = size ? memory_bytes(size) : std::optional<uint64_t>(4ull << 20);
+      if (bytes) {
+        p_.push("/shmem",
+                ojson{{"name", dev.attribute("name").value()},
+                      {"size_mib", (*bytes + (1 << 20) - 1) >> 20}},
+                "<shmem name='" + std::string(dev.attribute("name").value()) + "'>");
+        t_.carried_all(dev, "/shmem");
+        device_bookkeeping(dev);
+      }
     } else if (n == "shmem") {
-      t_.dropped_all(dev, "shared memory (e.g. Looking Glass): not held by a profile", true);
+      t_.dropped_all(dev, "ivshmem-doorbell: not held by a profile", true);
     } else if (n == "hub") {
       t_.dropped_all(dev, "a USB hub: not held by a profile", false);
     }
@@ -1358,11 +1555,53 @@ void Importer::map_devices(xml_node devices) {
 }
 
 void Importer::map_commandline(xml_node cmd) {
+  carried(cmd, "/qemu_args");
+  std::vector<std::pair<std::string, xml_node>> args;
   for (xml_node a : cmd.children()) {
     if (a.type() != pugi::node_element) continue;
-    t_.dropped_all(a, "extra QEMU arguments: not held by a profile", true);
+    std::string name = a.name();
+    if (name.ends_with(":arg")) {
+      args.push_back({a.attribute("value").value(), a});
+    } else if (name.ends_with(":env")) {
+      t_.dropped_all(a, "environment for QEMU: passlaunch starts QEMU with its own", true);
+    } else {
+      t_.dropped_all(a, name + ": not held by a profile", true);
+    }
   }
-  t_.dropped(cmd, "extra QEMU arguments: not held by a profile", true);
+  // The profile's own rules decide what is refused (-S, -monitor, our ids ...):
+  // try the list, drop the argument an error names (with its value), again.
+  for (;;) {
+    ojson list = ojson::array();
+    for (const auto& [v, n] : args) list.push_back(v);
+    try {
+      parse_profile(ojson{{"name", "t"},
+                          {"memory", {{"size_mib", 64}}},
+                          {"cpu", {{"vcpus", 1}}},
+                          {"qemu_args", list}}
+                        .dump(),
+                    "qemu_args", ProfileChecks{.files = false});
+      break;
+    } catch (const Error& e) {
+      std::string msg = e.what();
+      auto at = msg.find("/qemu_args/");
+      if (at == std::string::npos) break;
+      size_t i = std::stoul(msg.substr(at + 11));
+      if (i >= args.size()) break;
+      std::string why = msg.substr(msg.find(": ", at) + 2);
+      why = why.substr(0, why.find('\n'));
+      // An option's value goes with it.
+      size_t end = i + 1;
+      if (end < args.size() && !args[end].first.starts_with("-")) ++end;
+      for (size_t k = i; k < end; ++k) {
+        t_.dropped_all(args[k].second, "refused as qemu_args: " + why, true);
+      }
+      args.erase(args.begin() + i, args.begin() + end);
+    }
+  }
+  for (const auto& [v, n] : args) {
+    p_.push("/qemu_args", v, "<qemu:arg>");
+    t_.carried_all(n, "/qemu_args");
+  }
 }
 
 void Importer::add_host_section() {
@@ -1443,11 +1682,42 @@ ImportResult Importer::run() {
   map_lifecycle(dom);
   for (xml_node c : dom.children((qemu_prefix_ + ":commandline").c_str())) map_commandline(c);
   for (xml_node s : dom.children("sysinfo")) {
-    t_.dropped_all(s, "SMBIOS strings: not held by a profile", true);
+    if (!is(dom.child("os").child("smbios").attribute("mode").value(), "sysinfo") ||
+        !is(s.attribute("type").value(), "smbios")) {
+      t_.dropped_all(s, "<sysinfo> without <smbios mode='sysinfo'/>: not shown to the guest",
+                     false);
+      continue;
+    }
+    carried(s, "/smbios");
+    carried_attr(s, "type", "/smbios");
+    p_.set("/smbios/mode", "explicit", "<os><smbios mode='sysinfo'/> with <sysinfo>");
+    static const std::map<std::string, std::set<std::string>> kFields = {
+        {"bios", {"vendor", "version", "date", "release"}},
+        {"system", {"manufacturer", "product", "version", "serial", "uuid", "sku", "family"}},
+        {"baseboard", {"manufacturer", "product", "version", "serial", "asset", "location"}},
+        {"chassis", {"manufacturer", "version", "serial", "asset", "sku"}}};
+    for (xml_node sec : s.children()) {
+      if (sec.type() != pugi::node_element) continue;
+      auto it = kFields.find(sec.name());
+      if (it == kFields.end()) {
+        t_.dropped_all(sec, std::string("SMBIOS ") + sec.name() + ": not held by a profile", true);
+        continue;
+      }
+      carried(sec, "/smbios/" + it->first);
+      for (xml_node e : sec.children("entry")) {
+        std::string f = e.attribute("name").value();
+        if (it->second.count(f)) {
+          p_.set("/smbios/" + it->first + "/" + f, e.text().get());
+          t_.carried_all(e, "/smbios/" + it->first + "/" + f);
+        } else {
+          t_.dropped_all(e, "SMBIOS field " + f + ": not held by a profile", true);
+        }
+      }
+    }
   }
   if (p_.has("/devices")) {
     // Passthrough needs KVM and q35 here; libvirt also allowed i440fx.
-    if (p_.json.value("machine", "q35") == "pc") {
+    if (!is_q35(p_.json.value("machine", "q35"))) {
       p_.set("/machine", "q35", "passthrough needs q35 (the domain has i440fx)");
       xml_node type = dom.child("os").child("type");
       t_.changed(type.attribute("machine"), type, "/machine",
