@@ -74,7 +74,12 @@ void prepare_ovmf_vars(const Profile& p, const HostFacts& f) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(fs::path(f.ovmf_vars).parent_path(), ec);
-  if (fs::exists(f.ovmf_vars)) return;
+  bool present = fs::exists(f.ovmf_vars, ec);
+  if (ec) {
+    throw Error(Exit::kEnvironment, "cannot check " + f.ovmf_vars + ": " + ec.message(),
+                "remove it (the VM's UEFI variables) to start from the profile's template");
+  }
+  if (present) return;
   std::string tmp = f.ovmf_vars + ".tmp";
   fs::copy_file(p.firmware.vars_template, tmp, fs::copy_options::overwrite_existing, ec);
   if (ec || ::rename(tmp.c_str(), f.ovmf_vars.c_str()) != 0) {
