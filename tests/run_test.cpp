@@ -125,6 +125,26 @@ TEST_F(RunQemu, GuestIgnoringPowerButtonIsQuitAfterTimeout) {
   EXPECT_FALSE(fs::exists(runtime()));
 }
 
+// A stop requested while the guest still boots (its ACPI driver not loaded, so the
+// first press is lost) still ends in a graceful shutdown: the button is pressed again
+// every 2 s, and the run ends well before the profile's timeout.
+TEST_F(RunQemu, SigtermEarlyInBootStillShutsDownGracefully) {
+  for (auto delay : {0ms, 40ms, 300ms}) {
+    std::string name = name_ + "e" + std::to_string(delay.count());
+    Passlaunch run({"run", write_profile(guest_profile(name, "normal", "", 120))}, dir_.path());
+    ASSERT_TRUE(run.out().wait_for("guest running")) << run.out().text();
+    std::this_thread::sleep_for(delay);
+    auto t0 = Clock::now();
+    ::kill(run.pid(), SIGTERM);
+    EXPECT_EQ(run.wait(100s), 0) << "SIGTERM " << delay.count() << " ms after start\n"
+                                 << run.out().text();
+    EXPECT_LT(Clock::now() - t0, 60s) << run.out().text();
+    EXPECT_NE(run.out().text().find("passlaunch-guest: powering off"), std::string::npos)
+        << run.out().text();
+    EXPECT_EQ(run.out().text().find("quitting QEMU"), std::string::npos) << run.out().text();
+  }
+}
+
 TEST_F(RunQemu, SecondSignalQuitsAtOnce) {
   Passlaunch run({"run", write_profile(guest_profile(name_, "ignore-powerdown", "", 120))},
                  dir_.path());

@@ -399,7 +399,7 @@ void add_ctl_commands(CLI::App& app, Action& action) {
       ctl->add_subcommand("shutdown", "Graceful shutdown (as SIGTERM); waits until the VM is gone");
   shutdown
       ->add_option("--timeout", o->timeout, "Seconds before QEMU is quit (default: the profile's)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 86400));
   shutdown->callback([o, &action] {
     action = [o]() -> int {
       Control c(o->name);

@@ -8,6 +8,7 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <thread>
 
@@ -234,7 +235,7 @@ void add_latency_commands(CLI::App& app, Action& action) {
       "Show how long each thread of a VM (or --pid) waits to run, and who got in its way");
   cmd->add_option("NAME", args->name, "VM name (its QEMU pid comes from the runtime dir)");
   cmd->add_option("--pid", args->pid, "Sample this process instead of a VM")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   cmd->add_option("--duration", args->duration, "How long to sample (e.g. 10s, 2m)")
       ->capture_default_str()
       ->each([args](const std::string&) { args->duration_given = true; });

@@ -35,8 +35,9 @@ Error to_pl_error(const qmp::Error& e, const std::string& socket) {
 }
 
 int run_qmp(const QmpArgs& a) {
-  if (!std::isfinite(a.timeout) || a.timeout <= 0) {
-    throw Error(Exit::kUsage, "--timeout: expected a positive number of seconds");
+  // At most a day: a larger double would overflow the deadline's clock arithmetic.
+  if (!std::isfinite(a.timeout) || a.timeout <= 0 || a.timeout > 86400) {
+    throw Error(Exit::kUsage, "--timeout: expected a positive number of seconds, at most 86400");
   }
   if (a.events != a.command.empty()) {
     throw Error(Exit::kUsage,

@@ -27,7 +27,8 @@ std::string control_path(const std::string& name) {
 }  // namespace
 
 bool control_socket_up(const std::string& name) {
-  return running_launcher(name) && std::filesystem::exists(control_path(name));
+  std::error_code ec;  // an unreadable path is "not up", not an exception
+  return running_launcher(name) && std::filesystem::exists(control_path(name), ec);
 }
 
 Control::Control(const std::string& name) : name_(name) {

@@ -1,5 +1,6 @@
 // passlaunch: run a QEMU VM with single-GPU VFIO passthrough, without libvirt.
 // main() only wires the subcommands and turns errors into exit codes.
+#include <exception>
 #include <iostream>
 #include <string>
 
@@ -38,5 +39,13 @@ int main(int argc, char** argv) {
     std::cerr << "passlaunch: error: " << e.what() << "\n";
     if (!e.hint().empty()) std::cerr << "  hint: " << e.hint() << "\n";
     return pl::exit_code(e.code());
+  } catch (const std::exception& e) {
+    // A bug or an unplanned failure (bad_alloc, a filesystem_error): a message and
+    // exit 1, never std::terminate and a core dump.
+    std::cerr << "passlaunch: internal error: " << e.what() << "\n";
+    return pl::exit_code(pl::Exit::kFailed);
+  } catch (...) {
+    std::cerr << "passlaunch: internal error: an unknown exception\n";
+    return pl::exit_code(pl::Exit::kFailed);
   }
 }

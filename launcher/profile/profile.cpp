@@ -1,6 +1,7 @@
 #include "profile/profile.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -105,6 +106,7 @@ std::vector<std::string> split(const std::string& s, char sep) {
 std::string type_name(const json& j) {
   if (j.is_number_integer()) return "an integer";
   if (j.is_number()) return "a number";
+  if (j.is_array() || j.is_object()) return std::string("an ") + j.type_name();
   return std::string("a ") + j.type_name();
 }
 
@@ -176,6 +178,11 @@ class Obj {
     if (!v) return false;
     if (!v->is_number_integer()) {
       problems_.add(path(key), "expected an integer, got " + type_name(*v));
+      return false;
+    }
+    if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)) {
+      problems_.add(path(key), "expected an integer from " + std::to_string(lo) + " to " +
+                                   std::to_string(hi) + ", got " + v->dump());
       return false;
     }
     int64_t n = v->get<int64_t>();
@@ -289,7 +296,9 @@ void check_file(Problems& problems, const std::string& path, const std::string& 
   if (!checks.files || file.empty()) return;
   std::error_code ec;
   auto st = std::filesystem::status(file, ec);
-  if (ec || !std::filesystem::exists(st)) {
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    problems.add(path, "cannot access " + file + ": " + ec.message() + " (expected a file)");
+  } else if (ec || !std::filesystem::exists(st)) {
     problems.add(path, "file not found: " + file + " (expected an existing file)");
   } else if (std::filesystem::is_directory(st)) {
     problems.add(path, "is a directory: " + file + " (expected a file)");
@@ -1114,15 +1123,97 @@ void cross_check(Profile& p, Problems& problems) {
   }
 }
 
+/// Builds the document like json::parse, but knows the JSON path being read, so a
+/// number too large for a double names its field, and bounds the nesting depth (the
+/// document is later walked, dumped and destroyed recursively: 100000 nested arrays
+/// would overflow the stack). No exception leaves it: errors are kept for the caller.
+class ProfileSax {
+ public:
+  static constexpr size_t kMaxDepth = 64;
+
+  explicit ProfileSax(json& root) : dom_(root, /*allow_exceptions=*/false) {}
+
+  bool null() { return value(), dom_.null(); }
+  bool boolean(bool v) { return value(), dom_.boolean(v); }
+  bool number_integer(json::number_integer_t v) { return value(), dom_.number_integer(v); }
+  bool number_unsigned(json::number_unsigned_t v) { return value(), dom_.number_unsigned(v); }
+  bool number_float(json::number_float_t v, const std::string& s) {
+    return value(), dom_.number_float(v, s);
+  }
+  bool string(std::string& v) { return value(), dom_.string(v); }
+  bool binary(json::binary_t& v) { return value(), dom_.binary(v); }
+  bool start_object(size_t n) { return open(true) && dom_.start_object(n); }
+  bool start_array(size_t n) { return open(false) && dom_.start_array(n); }
+  bool end_object() { return stack_.pop_back(), dom_.end_object(); }
+  bool end_array() { return stack_.pop_back(), dom_.end_array(); }
+  bool key(std::string& k) {
+    stack_.back().key = k;
+    return dom_.key(k);
+  }
+  bool parse_error(size_t, const std::string& token, const nlohmann::detail::exception& e) {
+    if (e.id == 406) {  // out_of_range.406: number overflow
+      error_ = pointer(/*pending=*/true) + ": expected a number that fits a double, got " + token;
+    } else {
+      error_ = std::string("not valid JSON: ") + e.what();
+    }
+    return false;
+  }
+
+  /// Empty when the text parsed.
+  const std::string& error() const { return error_; }
+
+ private:
+  struct Frame {
+    bool object;
+    std::string key;
+    size_t index = 0;  ///< arrays: elements started so far
+  };
+
+  void value() {
+    if (!stack_.empty() && !stack_.back().object) ++stack_.back().index;
+  }
+  bool open(bool object) {
+    value();
+    stack_.push_back({object, {}});
+    if (stack_.size() > kMaxDepth) {
+      error_ = pointer(false) + ": nested deeper than " + std::to_string(kMaxDepth) +
+               " levels; a profile needs a handful";
+      return false;
+    }
+    return true;
+  }
+  /// The JSON pointer of the value being read; `pending`: the innermost value has not
+  /// been reported yet (an error in its token).
+  std::string pointer(bool pending) const {
+    std::string out;
+    for (size_t i = 0; i < stack_.size(); ++i) {
+      const Frame& f = stack_[i];
+      bool last = i + 1 == stack_.size();
+      if (last && !pending) break;  // the container just opened: its parents name it
+      if (f.object) {
+        out += "/" + f.key;
+      } else {
+        out += "/" + std::to_string(last ? f.index : f.index - 1);
+      }
+      if (out.size() > 200) return out + "/...";
+    }
+    return out.empty() ? "/" : out;
+  }
+
+  nlohmann::detail::json_sax_dom_parser<json> dom_;
+  std::vector<Frame> stack_;
+  std::string error_;
+};
+
 }  // namespace
 
 Profile parse_profile(std::string_view text, const std::string& file, const ProfileChecks& checks) {
   json root;
-  try {
-    root = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/true,
-                       /*ignore_comments=*/true);
-  } catch (const json::parse_error& e) {
-    throw Error(Exit::kUsage, file + ": not valid JSON: " + e.what(),
+  ProfileSax sax(root);
+  bool ok = json::sax_parse(text.begin(), text.end(), &sax, json::input_format_t::json,
+                            /*strict=*/true, /*ignore_comments=*/true);
+  if (!ok || !sax.error().empty()) {
+    throw Error(Exit::kUsage, file + ": " + (sax.error().empty() ? "not valid JSON" : sax.error()),
                 "profiles are JSON with // and /* */ comments; see profiles/README.md");
   }
 
@@ -1302,13 +1393,34 @@ std::optional<int> key_code(std::string_view name) {
 }
 
 Profile load_profile(const std::string& path, const ProfileChecks& checks) {
+  // A directory opens as a stream and reads as empty text: say what it is instead.
+  std::error_code ec;
+  auto st = std::filesystem::status(path, ec);
+  if (!ec && std::filesystem::is_directory(st)) {
+    throw Error(Exit::kUsage, path + " is a directory, expected a profile file",
+                "give the profile's .json file, e.g. profiles/demo.json");
+  }
+  if (!ec && (std::filesystem::is_character_file(st) || std::filesystem::is_block_file(st) ||
+              std::filesystem::is_socket(st))) {
+    throw Error(Exit::kUsage, path + " is a device or socket, expected a profile file");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     throw system_error(Exit::kUsage, "cannot read profile", path, errno);
   }
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return parse_profile(buf.str(), path, checks);
+  // A profile is a few KiB; stop at a bound rather than reading without end (a FIFO).
+  constexpr size_t kMaxBytes = 16u << 20;
+  std::string text;
+  char chunk[65536];
+  while (text.size() <= kMaxBytes && in.read(chunk, sizeof chunk).gcount() > 0) {
+    text.append(chunk, static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) throw system_error(Exit::kUsage, "cannot read profile", path, errno);
+  if (text.size() > kMaxBytes) {
+    throw Error(Exit::kUsage,
+                path + ": larger than 16 MiB, expected a profile (a small JSON file)");
+  }
+  return parse_profile(text, path, checks);
 }
 
 }  // namespace pl

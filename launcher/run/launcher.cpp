@@ -87,7 +87,12 @@ void prepare_ovmf_vars(const Profile& p, const HostFacts& f) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(fs::path(f.ovmf_vars).parent_path(), ec);
-  if (fs::exists(f.ovmf_vars)) return;
+  bool present = fs::exists(f.ovmf_vars, ec);
+  if (ec) {
+    throw Error(Exit::kEnvironment, "cannot check " + f.ovmf_vars + ": " + ec.message(),
+                "remove it (the VM's UEFI variables) to start from the profile's template");
+  }
+  if (present) return;
   std::string tmp = f.ovmf_vars + ".tmp";
   fs::copy_file(p.firmware.vars_template, tmp, fs::copy_options::overwrite_existing, ec);
   if (ec || ::rename(tmp.c_str(), f.ovmf_vars.c_str()) != 0) {
@@ -713,15 +718,30 @@ class Supervisor {
 
   awaitable<void> graceful_shutdown() {
     auto deadline = Clock::now() + std::chrono::seconds(timeout_s_);
-    auto again = Clock::now() + std::min<Clock::duration>(5s, std::chrono::seconds(timeout_s_) / 2);
-    if (first_press_) co_await press_power_button(again);
+    // A guest still booting has no ACPI driver yet and ignores a press: press again
+    // every 2 s until it reacts or the timeout ends, so a stop early in boot is not
+    // lost. After `ctl shutdown` asked the guest agent, the first press waits 5 s.
+    constexpr auto kPressEvery = 2s;
+    auto next = Clock::now() + std::min<Clock::duration>(5s, std::chrono::seconds(timeout_s_) / 2);
+    if (first_press_) {
+      next = std::min(Clock::now() + kPressEvery, deadline);
+      co_await press_power_button(next);
+    }
     asio::steady_timer timer(io_);
-    timer.expires_at(again);
-    co_await timer.async_wait(use_awaitable);
-    if (!outcome_.guest_shutdown) {
-      log(first_press_ ? "the guest has not shut down yet: pressing the power button again"
-                       : "the guest has not shut down yet: pressing the power button");
-      co_await press_power_button(deadline);
+    bool logged = false;
+    for (;;) {
+      timer.expires_at(next);
+      co_await timer.async_wait(use_awaitable);
+      if (outcome_.guest_shutdown || Clock::now() >= deadline) break;
+      if (!logged) {
+        log(first_press_ ? "the guest has not shut down yet: pressing the power button again "
+                           "every 2 s"
+                         : "the guest has not shut down yet: pressing the power button "
+                           "every 2 s");
+        logged = true;
+      }
+      next = std::min(Clock::now() + kPressEvery, deadline);
+      co_await press_power_button(next);
     }
     timer.expires_at(deadline);
     co_await timer.async_wait(use_awaitable);
