@@ -93,8 +93,8 @@ class Importer {
     auto cpus = libvirt_cpuset(a.value());
     if (!cpus) {
       problem(n, "<" + std::string(n.name()) + "> attribute " + attr +
-                     ": expected a CPU list such as \"0-3,8\" or \"0-3,^2\", got \"" +
-                     a.value() + "\"");
+                     ": expected a CPU list such as \"0-3,8\" or \"0-3,^2\", got \"" + a.value() +
+                     "\"");
       return std::nullopt;
     }
     if (cpus->empty()) {
@@ -204,7 +204,7 @@ class Importer {
 
   // Facts gathered on the way.
   int vcpus_ = 1;
-  xml_node vcpu_node_;                      // <vcpu> when it has a cpuset
+  xml_node vcpu_node_;                           // <vcpu> when it has a cpuset
   std::optional<std::vector<int>> vcpu_cpuset_;  // its cpuset
   bool hypervisor_off_ = false;
   std::map<uint64_t, std::string> iothread_ids_;  // libvirt iothread id -> profile id
@@ -614,8 +614,8 @@ void Importer::map_sched(xml_node ct) {
     std::string sched = s.attribute("scheduler").value();
     auto prio = attr_number(s, "priority", 99);
     if (sched != "fifo" && sched != "rr") {
-      t_.dropped_all(s, "scheduler '" + sched +
-                            "': a profile holds real-time priorities (fifo, rr) only");
+      t_.dropped_all(
+          s, "scheduler '" + sched + "': a profile holds real-time priorities (fifo, rr) only");
       continue;
     }
     if (!prio || *prio < 1) {
@@ -636,8 +636,10 @@ void Importer::map_sched(xml_node ct) {
       if (again && p_.json["pinning"]["realtime_priority"] != *prio) {
         t_.changed(s, "/pinning/realtime_priority",
                    "every vCPU runs at one priority in a profile: " +
-                       p_.json["pinning"]["realtime_priority"].dump() + " (an earlier "
-                       "<vcpusched>), not " + p,
+                       p_.json["pinning"]["realtime_priority"].dump() +
+                       " (an earlier "
+                       "<vcpusched>), not " +
+                       p,
                    false);
         t_.attributes_like_element(s);
         continue;
@@ -645,8 +647,7 @@ void Importer::map_sched(xml_node ct) {
       if (!again) p_.set("/pinning/realtime_priority", *prio, "<cputune><vcpusched>");
       to = "/pinning/realtime_priority";
       if (!all && !again) {
-        t_.changed(s, to, "every vCPU runs real-time at priority " + p + ", not only these",
-                   false);
+        t_.changed(s, to, "every vCPU runs real-time at priority " + p + ", not only these", false);
         t_.attributes_like_element(s);
         to.clear();
       } else {
@@ -656,8 +657,9 @@ void Importer::map_sched(xml_node ct) {
       }
     } else if (tag == "emulatorsched") {
       if (!p_.has("/pinning/emulator") || !p_.has("/pinning/vcpus")) {
-        t_.dropped_all(s, "a real-time emulator needs pinned vCPUs and <emulatorpin> (or "
-                          "<vcpu cpuset>) in a profile, to keep it off the vCPUs");
+        t_.dropped_all(s,
+                       "a real-time emulator needs pinned vCPUs and <emulatorpin> (or "
+                       "<vcpu cpuset>) in a profile, to keep it off the vCPUs");
         continue;
       }
       to = "/pinning/emulator_realtime_priority";
@@ -697,8 +699,8 @@ void Importer::map_sched(xml_node ct) {
       carried_attr(s, "scheduler", "/pinning/realtime_policy");
     } else {
       t_.changed(s.attribute("scheduler"), s, "/pinning/realtime_policy",
-                 "runs SCHED_" + std::string(policy == "rr" ? "RR" : "FIFO") +
-                     ", not " + (sched == "rr" ? "RR" : "FIFO") +
+                 "runs SCHED_" + std::string(policy == "rr" ? "RR" : "FIFO") + ", not " +
+                     (sched == "rr" ? "RR" : "FIFO") +
                      ": a profile has one real-time policy, the first <cputune> scheduler's",
                  false);
     }
