@@ -86,6 +86,40 @@ TEST(Import, EveryDomainGivesItsExpectedProfileAndReport) {
   }
 }
 
+// CPU sets, partial pinning and real-time schedulers give profiles that load,
+// with what libvirt would do (the table files hold the text and the report).
+TEST(Import, CputuneDomainsGiveValidProfilesWithLibvirtsPinning) {
+  host::HostFs host((kDir / "host").string());
+  auto load = [&](const char* name) {
+    ImportResult r = import_path(kDir / name, host);
+    return parse_profile(r.profile.text(), name, ProfileChecks{.files = false});
+  };
+  using V = std::vector<int>;
+  Profile sets = load("cputune-sets.xml");
+  EXPECT_EQ(sets.pinning.vcpu_cpus(0), (V{2, 10}));
+  EXPECT_EQ(sets.pinning.vcpu_cpus(1), (V{3}));
+  EXPECT_EQ(sets.pinning.vcpu_cpus(2), (V{11}));
+  EXPECT_EQ(sets.pinning.vcpu_cpus(3), (V{6, 7, 9}));  // <vcpu cpuset='6-9,^8'>
+  EXPECT_EQ(sets.pinning.emulator, (V{6, 7, 9}));
+  Profile partial = load("cputune-partial.xml");
+  V online(16);
+  for (int i = 0; i < 16; ++i) online[i] = i;
+  EXPECT_EQ(partial.pinning.vcpu_cpus(0), online);
+  EXPECT_EQ(partial.pinning.vcpu_cpus(1), (V{5}));
+  EXPECT_EQ(partial.pinning.vcpu_cpus(3), (V{6, 7}));
+  Profile sched = load("cputune-sched.xml");
+  EXPECT_EQ(sched.pinning.realtime_policy, RealtimePolicy::kRr);
+  EXPECT_EQ(sched.pinning.realtime_priority, 2);
+  EXPECT_EQ(sched.pinning.emulator_realtime_priority, 3);
+  ASSERT_EQ(sched.pinning.iothreads.size(), 2u);
+  EXPECT_EQ(sched.pinning.iothreads[0].realtime_priority, 4);
+  EXPECT_EQ(sched.pinning.iothreads[1].realtime_priority, 4);
+  EXPECT_EQ(sched.pinning.iothreads[1].cpus, (V{8, 9}));  // <vcpu cpuset>, not the emulator's
+  Profile subset = load("cputune-sched-subset.xml");
+  EXPECT_EQ(subset.pinning.realtime_policy, RealtimePolicy::kFifo);
+  EXPECT_EQ(subset.pinning.realtime_priority, 1);
+}
+
 /// Every element and attribute of a document, as node_path() names them.
 std::vector<std::string> all_nodes(const pugi::xml_node& n) {
   std::vector<std::string> out;
@@ -356,6 +390,13 @@ TEST(Import, MalformedDomainsNameLineAndColumn) {
       {with(kGood, "arch='x86_64'", "arch='aarch64'"),
        "bad.xml:9:7: <os><type arch='aarch64'>: passlaunch runs x86_64 guests only"},
       {with(kGood, "type='kvm'", "type='xen'"), "bad.xml:1:1: <domain type='xen'>"},
+      {with(kGood, "cpuset='2'", "cpuset='2-3,^2-3'"),
+       "bad.xml:6:5: <vcpupin> attribute cpuset: expected a CPU list such as \"0-3,8\" or "
+       "\"0-3,^2\", got \"2-3,^2-3\""},
+      {with(kGood, "cpuset='2'", "cpuset='2,^2'"),
+       "bad.xml:6:5: <vcpupin> attribute cpuset: expected at least one CPU, got \"2,^2\""},
+      {with(kGood, "<vcpu>2", "<vcpu cpuset='1,,2'>2"),
+       "bad.xml:4:3: <vcpu> attribute cpuset: expected a CPU list"},
   };
   for (const Case& c : cases) {
     std::string err = import_error(c.xml);

@@ -90,14 +90,50 @@ class Importer {
       problem(n, "<" + std::string(n.name()) + "> needs a " + attr + " attribute");
       return std::nullopt;
     }
-    auto cpus = parse_cpulist(a.value());
+    auto cpus = libvirt_cpuset(a.value());
     if (!cpus) {
       problem(n, "<" + std::string(n.name()) + "> attribute " + attr +
-                     ": expected a CPU list such as \"0-3,8\", got \"" + a.value() + "\"");
+                     ": expected a CPU list such as \"0-3,8\" or \"0-3,^2\", got \"" + a.value() +
+                     "\"");
       return std::nullopt;
     }
-    // libvirt allows "^N" exclusions, parse_cpulist does not: said above.
+    if (cpus->empty()) {
+      problem(n, "<" + std::string(n.name()) + "> attribute " + attr +
+                     ": expected at least one CPU, got \"" + a.value() + "\"");
+      return std::nullopt;
+    }
     return cpus;
+  }
+  /// libvirt's CPU set syntax: the kernel's list ("0-3,8") plus "^N" exclusions
+  /// ("0-3,^2" is 0,1,3), as virBitmapParse reads it; ascending, no repeats.
+  static std::optional<std::vector<int>> libvirt_cpuset(std::string_view text) {
+    std::set<int> in, out;
+    while (true) {
+      size_t comma = text.find(',');
+      std::string_view part = text.substr(0, comma);
+      while (!part.empty() && std::isspace((unsigned char)part.front())) part.remove_prefix(1);
+      while (!part.empty() && std::isspace((unsigned char)part.back())) part.remove_suffix(1);
+      if (part.starts_with('^')) {
+        part.remove_prefix(1);
+        int cpu = 0;
+        auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), cpu);
+        if (part.empty() || ec != std::errc() || p != part.data() + part.size() || cpu < 0) {
+          return std::nullopt;
+        }
+        out.insert(cpu);
+      } else {
+        auto cpus = parse_cpulist(part);
+        if (part.empty() || !cpus) return std::nullopt;
+        in.insert(cpus->begin(), cpus->end());
+      }
+      if (comma == std::string_view::npos) break;
+      text.remove_prefix(comma + 1);
+    }
+    std::vector<int> result;
+    for (int c : in) {
+      if (!out.count(c)) result.push_back(c);
+    }
+    return result;
   }
   /// Bytes -> MiB for libvirt's memory units (default KiB).
   std::optional<uint64_t> memory_bytes(xml_node n) {
@@ -143,6 +179,7 @@ class Importer {
   void map_memory(xml_node dom);
   void map_cpus(xml_node dom);
   void map_cputune(xml_node dom);
+  void map_sched(xml_node ct);
   void map_os(xml_node dom);
   void map_features(xml_node dom);
   void map_cpu(xml_node dom);
@@ -168,6 +205,8 @@ class Importer {
 
   // Facts gathered on the way.
   int vcpus_ = 1;
+  xml_node vcpu_node_;                           // <vcpu> when it has a cpuset
+  std::optional<std::vector<int>> vcpu_cpuset_;  // its cpuset
   bool hypervisor_off_ = false;
   std::map<uint64_t, std::string> iothread_ids_;  // libvirt iothread id -> profile id
   std::string first_gpu_;                         // first passed-through host address
@@ -350,11 +389,13 @@ void Importer::map_cpus(xml_node dom) {
                        std::to_string(*cur) + ")");
       }
     }
-    if (vcpu.attribute("cpuset") && !cpuset(vcpu)) return;
-    dropped_attr(vcpu, "cpuset",
-                 "a CPU set for the vCPUs without <vcpupin> and the emulator: a profile pins "
-                 "each vCPU to one CPU or none",
-                 false);
+    // The set of every vCPU without a <vcpupin>, of the emulator without an
+    // <emulatorpin> and of iothreads without an <iothreadpin>: map_cputune()
+    // hands it out and marks the attribute.
+    if (vcpu.attribute("cpuset")) {
+      vcpu_node_ = vcpu;
+      if (auto set = cpuset(vcpu)) vcpu_cpuset_ = *set;
+    }
   }
   for (xml_node v : dom.children("vcpus")) {
     t_.dropped_all(v, "per-vCPU hotplug state: every vCPU is online at boot", false);
@@ -388,11 +429,11 @@ void Importer::map_cpus(xml_node dom) {
 }
 
 void Importer::map_cputune(xml_node dom) {
+  // Without a <cputune> the children loops below see nothing; <vcpu cpuset>
+  // still pins.
   xml_node ct = dom.child("cputune");
-  if (!ct) return;
-  carried(ct);
+  if (ct) carried(ct);
   std::map<uint64_t, std::pair<std::vector<int>, xml_node>> pins;
-  bool single = true;
   for (xml_node pin : ct.children("vcpupin")) {
     auto v = attr_number(pin, "vcpu", 1023);
     auto set = cpuset(pin);
@@ -408,50 +449,98 @@ void Importer::map_cputune(xml_node dom) {
                        loc(it->second.second).substr(file_.size() + 1) + ")");
       continue;
     }
-    if (set->size() != 1) single = false;
     pins[*v] = {*set, pin};
   }
-  if (!pins.empty()) {
-    std::vector<int> cpus;
-    std::set<int> distinct;
-    for (const auto& [v, s] : pins) {
-      cpus.push_back(s.first.front());
-      distinct.insert(s.first.front());
+  // The CPUs of each vCPU: its <vcpupin>, else <vcpu cpuset>, else (libvirt
+  // leaves it unpinned) every online CPU of this host, said in the report.
+  std::vector<int> host_cpus;
+  if (o_.host) {
+    if (auto t = o_.host->read_trimmed("/sys/devices/system/cpu/online")) {
+      host_cpus = parse_cpulist(*t).value_or(std::vector<int>{});
     }
-    std::string why;
-    if (int(pins.size()) != vcpus_) {
-      why = "only " + std::to_string(pins.size()) + " of " + std::to_string(vcpus_) +
-            " vCPUs are pinned; a profile pins every vCPU or none";
-    } else if (!single) {
-      why = "a vCPU is pinned to a set of CPUs; a profile pins each vCPU to one CPU";
-    } else if (distinct.size() != cpus.size()) {
-      why = "two vCPUs share a CPU; a profile gives each vCPU its own";
-    }
-    for (const auto& [v, s] : pins) {
-      if (why.empty()) {
-        t_.carried_all(s.second, "/pinning/vcpus");
+  }
+  bool vcpu_set_used = false;
+  std::vector<int> unpinned;
+  std::vector<std::vector<int>> sets;
+  std::string why;
+  if (!pins.empty() || vcpu_cpuset_) {
+    for (int i = 0; i < vcpus_ && i < 1024; ++i) {
+      if (auto it = pins.find(i); it != pins.end()) {
+        sets.push_back(it->second.first);
+      } else if (vcpu_cpuset_) {
+        sets.push_back(*vcpu_cpuset_);
+        vcpu_set_used = true;
       } else {
-        t_.dropped_all(s.second, "vCPUs left unpinned: " + why);
+        sets.push_back(host_cpus);
+        unpinned.push_back(i);
       }
     }
-    if (why.empty()) {
-      std::vector<int> sorted = cpus;
-      std::sort(sorted.begin(), sorted.end());
-      if (sorted == cpus &&
-          (cpus.size() == 1 || cpus.back() - cpus.front() + 1 == int(cpus.size()))) {
-        p_.set("/pinning/vcpus", format_cpulist(cpus),
-               "<cputune><vcpupin>: vCPU n on host CPU " + std::to_string(cpus.front()) + "+n");
-      } else {
-        p_.set("/pinning/vcpus", cpus, "<cputune><vcpupin>, in vCPU order");
+    if (!unpinned.empty() && host_cpus.empty()) {
+      why = "only " + std::to_string(pins.size()) + " of " + std::to_string(vcpus_) +
+            " vCPUs are pinned and the host's online CPUs are unknown; a profile pins every "
+            "vCPU or none";
+    }
+    // A profile gives a vCPU pinned to one CPU that CPU alone (sets may overlap).
+    std::map<int, int> alone;
+    for (int i = 0; i < int(sets.size()) && why.empty(); ++i) {
+      if (sets[i].size() != 1) continue;
+      auto [it, fresh] = alone.emplace(sets[i].front(), i);
+      if (!fresh) {
+        why = "vCPUs " + std::to_string(it->second) + " and " + std::to_string(i) +
+              " share host CPU " + std::to_string(sets[i].front()) +
+              " as their only CPU; a profile gives such a vCPU its own";
       }
     }
   }
+  for (const auto& [v, s] : pins) {
+    if (why.empty()) {
+      t_.carried_all(s.second, "/pinning/vcpus");
+    } else {
+      t_.dropped_all(s.second, "vCPUs left unpinned: " + why);
+    }
+  }
+  if (!sets.empty() && why.empty()) {
+    bool single = std::all_of(sets.begin(), sets.end(), [](auto& s) { return s.size() == 1; });
+    std::vector<int> cpus;
+    for (const auto& s : sets) cpus.push_back(s.front());
+    std::vector<int> sorted = cpus;
+    std::sort(sorted.begin(), sorted.end());
+    if (single && sorted == cpus &&
+        (cpus.size() == 1 || cpus.back() - cpus.front() + 1 == int(cpus.size()))) {
+      p_.set("/pinning/vcpus", format_cpulist(cpus),
+             "<cputune><vcpupin>: vCPU n on host CPU " + std::to_string(cpus.front()) + "+n");
+    } else if (single) {
+      p_.set("/pinning/vcpus", cpus, "<cputune><vcpupin>, in vCPU order");
+    } else {
+      ojson list = ojson::array();
+      for (const auto& s : sets) {
+        if (s.size() == 1) {
+          list.push_back(s.front());
+        } else {
+          list.push_back(format_cpulist(s));
+        }
+      }
+      p_.set("/pinning/vcpus", list,
+             pins.empty() ? "<vcpu cpuset>: every vCPU on this set"
+                          : "<cputune><vcpupin> (a string: the set that vCPU may run on)" +
+                                std::string(vcpu_set_used ? ", <vcpu cpuset> for the others" : ""));
+    }
+    for (int i : unpinned) {
+      added_.push_back({"/pinning/vcpus/" + std::to_string(i),
+                        "vCPU " + std::to_string(i) +
+                            " has no <vcpupin>: libvirt lets it run on every host CPU, here " +
+                            format_cpulist(host_cpus) + " (/sys/devices/system/cpu/online)"});
+    }
+  }
+  bool emulator_pinned = false;
   for (xml_node e : ct.children("emulatorpin")) {
     if (auto set = cpuset(e)) {
       p_.set("/pinning/emulator", format_cpulist(*set), "<cputune><emulatorpin>");
       t_.carried_all(e, "/pinning/emulator");
+      emulator_pinned = true;
     }
   }
+  std::set<uint64_t> iothread_pinned;
   for (xml_node e : ct.children("iothreadpin")) {
     auto id = attr_number(e, "iothread", 1 << 20);
     auto set = cpuset(e);
@@ -468,33 +557,48 @@ void Importer::map_cputune(xml_node dom) {
         t_.carried_all(e, "/pinning/iothreads/" + std::to_string(i) + "/cpus");
         p_.comment("/pinning/iothreads/" + std::to_string(i),
                    "<iothreads> and <iothreadpin iothread='" + std::to_string(*id) + "'>");
+        iothread_pinned.insert(*id);
       }
     }
   }
-  for (xml_node s : ct.children("vcpusched")) {
-    std::string sched = s.attribute("scheduler").value();
-    auto prio = attr_number(s, "priority", 99);
-    std::optional<std::vector<int>> which;
-    if (s.attribute("vcpus")) which = cpuset(s, "vcpus");
-    bool all = !which || int(which->size()) == vcpus_;
-    if ((sched == "fifo" || sched == "rr") && prio && *prio >= 1) {
-      p_.set("/pinning/realtime_priority", *prio, "<cputune><vcpusched>");
-      if (sched == "fifo" && all) {
-        t_.carried_all(s, "/pinning/realtime_priority");
-      } else {
-        t_.changed(s, "/pinning/realtime_priority",
-                   "every vCPU runs SCHED_FIFO at priority " + std::to_string(*prio), false);
-        t_.attributes_like_element(s);
+  // <vcpu cpuset> is also the set of the emulator and of unpinned iothreads.
+  if (vcpu_cpuset_) {
+    std::string to;
+    auto add_to = [&](const std::string& ptr) { to += (to.empty() ? "" : " ") + ptr; };
+    if (vcpu_set_used) add_to("/pinning/vcpus");
+    if (!emulator_pinned && why.empty()) {
+      p_.set("/pinning/emulator", format_cpulist(*vcpu_cpuset_),
+             "<vcpu cpuset>: libvirt's set for the emulator without <emulatorpin>");
+      add_to("/pinning/emulator");
+    }
+    if (p_.has("/pinning/iothreads")) {
+      ojson& list = p_.json["pinning"]["iothreads"];
+      for (const auto& [lid, pid] : iothread_ids_) {
+        if (iothread_pinned.count(lid) || !emulator_pinned) continue;  // else: the emulator's
+        for (size_t i = 0; i < list.size(); ++i) {
+          if (list[i]["id"] != pid) continue;
+          list[i]["cpus"] = format_cpulist(*vcpu_cpuset_);
+          p_.comment("/pinning/iothreads/" + std::to_string(i),
+                     "<iothreads>; <vcpu cpuset>: libvirt's set for an iothread without "
+                     "<iothreadpin>");
+          add_to("/pinning/iothreads/" + std::to_string(i) + "/cpus");
+        }
       }
+    }
+    if (!why.empty()) {
+      dropped_attr(vcpu_node_, "cpuset", "vCPUs left unpinned: " + why, false);
+    } else if (to.empty()) {
+      dropped_attr(vcpu_node_, "cpuset",
+                   "every vCPU has a <vcpupin>, the emulator an <emulatorpin> and every "
+                   "iothread an <iothreadpin>: libvirt uses this set for none of them",
+                   false);
     } else {
-      t_.dropped_all(s, "scheduler " + sched + ": a profile holds SCHED_FIFO for vCPUs only");
+      carried_attr(vcpu_node_, "cpuset", to);
     }
+  } else if (vcpu_node_) {
+    dropped_attr(vcpu_node_, "cpuset", "not a CPU set (said above)", false);
   }
-  for (const char* tag : {"iothreadsched", "emulatorsched"}) {
-    for (xml_node s : ct.children(tag)) {
-      t_.dropped_all(s, "a profile holds a real-time scheduler for vCPUs only");
-    }
-  }
+  map_sched(ct);
   for (const char* tag :
        {"shares", "period", "quota", "global_period", "global_quota", "emulator_period",
         "emulator_quota", "iothread_period", "iothread_quota"}) {
@@ -506,6 +610,110 @@ void Importer::map_cputune(xml_node dom) {
     for (xml_node s : ct.children(tag)) {
       t_.dropped_all(s, "resctrl cache/memory bandwidth allocation: not held by a profile");
     }
+  }
+}
+
+// <vcpusched>, <emulatorsched>, <iothreadsched>: real-time priorities. A profile
+// has one policy (realtime_policy) for all of them: the first element's.
+void Importer::map_sched(xml_node ct) {
+  std::string policy;
+  for (xml_node s : ct.children()) {
+    std::string tag = s.name();
+    if (tag != "vcpusched" && tag != "emulatorsched" && tag != "iothreadsched") continue;
+    std::string sched = s.attribute("scheduler").value();
+    auto prio = attr_number(s, "priority", 99);
+    if (sched != "fifo" && sched != "rr") {
+      t_.dropped_all(
+          s, "scheduler '" + sched + "': a profile holds real-time priorities (fifo, rr) only");
+      continue;
+    }
+    if (!prio || *prio < 1) {
+      t_.dropped_all(s, "no priority from 1 to 99: a real-time scheduler needs one");
+      continue;
+    }
+    std::string p = std::to_string(*prio);
+    std::string to;
+    if (tag == "vcpusched") {
+      if (!p_.has("/pinning/vcpus")) {
+        t_.dropped_all(s, "real-time vCPUs need pinned vCPUs in a profile, and these are not");
+        continue;
+      }
+      std::optional<std::vector<int>> which;
+      if (s.attribute("vcpus")) which = cpuset(s, "vcpus");
+      bool all = !which || int(which->size()) == vcpus_;
+      bool again = p_.has("/pinning/realtime_priority");
+      if (again && p_.json["pinning"]["realtime_priority"] != *prio) {
+        t_.changed(s, "/pinning/realtime_priority",
+                   "every vCPU runs at one priority in a profile: " +
+                       p_.json["pinning"]["realtime_priority"].dump() +
+                       " (an earlier "
+                       "<vcpusched>), not " +
+                       p,
+                   false);
+        t_.attributes_like_element(s);
+        continue;
+      }
+      if (!again) p_.set("/pinning/realtime_priority", *prio, "<cputune><vcpusched>");
+      to = "/pinning/realtime_priority";
+      if (!all && !again) {
+        t_.changed(s, to, "every vCPU runs real-time at priority " + p + ", not only these", false);
+        t_.attributes_like_element(s);
+        to.clear();
+      } else {
+        carried(s, to);
+        if (s.attribute("vcpus")) carried_attr(s, "vcpus", to);
+        carried_attr(s, "priority", to);
+      }
+    } else if (tag == "emulatorsched") {
+      if (!p_.has("/pinning/emulator") || !p_.has("/pinning/vcpus")) {
+        t_.dropped_all(s,
+                       "a real-time emulator needs pinned vCPUs and <emulatorpin> (or "
+                       "<vcpu cpuset>) in a profile, to keep it off the vCPUs");
+        continue;
+      }
+      to = "/pinning/emulator_realtime_priority";
+      p_.set(to, *prio, "<cputune><emulatorsched>");
+      carried(s, to);
+      carried_attr(s, "priority", to);
+    } else {
+      auto ids = cpuset(s, "iothreads");
+      if (!ids) continue;
+      ojson& list = p_.json["pinning"]["iothreads"];
+      std::vector<std::string> ptrs;
+      for (int id : *ids) {
+        auto it = iothread_ids_.find(uint64_t(id));
+        if (it == iothread_ids_.end()) {
+          problem(s, "<iothreadsched iothreads='" + std::string(s.attribute("iothreads").value()) +
+                         "'>: no iothread " + std::to_string(id));
+          continue;
+        }
+        for (size_t i = 0; i < list.size(); ++i) {
+          if (list[i]["id"] == it->second) {
+            list[i]["realtime_priority"] = *prio;
+            ptrs.push_back("/pinning/iothreads/" + std::to_string(i) + "/realtime_priority");
+          }
+        }
+      }
+      for (const auto& ptr : ptrs) to += (to.empty() ? "" : " ") + ptr;
+      carried(s, to);
+      carried_attr(s, "iothreads", to);
+      carried_attr(s, "priority", to);
+    }
+    // The scheduler attribute: the profile's one policy.
+    if (policy.empty()) {
+      policy = sched;
+      if (sched == "rr") p_.set("/pinning/realtime_policy", "rr", "<cputune> scheduler='rr'");
+      carried_attr(s, "scheduler", "/pinning/realtime_policy");
+    } else if (sched == policy) {
+      carried_attr(s, "scheduler", "/pinning/realtime_policy");
+    } else {
+      t_.changed(s.attribute("scheduler"), s, "/pinning/realtime_policy",
+                 "runs SCHED_" + std::string(policy == "rr" ? "RR" : "FIFO") + ", not " +
+                     (sched == "rr" ? "RR" : "FIFO") +
+                     ": a profile has one real-time policy, the first <cputune> scheduler's",
+                 false);
+    }
+    t_.attributes_like_element(s);
   }
 }
 
