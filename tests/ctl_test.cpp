@@ -216,7 +216,7 @@ namespace {
 // else to a file. Each path is tested in a mount namespace of its own whose
 // /run is a fresh tmpfs (so this host's own journald, if any, is hidden),
 // with tests/helpers/log_sink listening where journald or syslog would.
-class HotkeyQemu : public CtlQemu {
+class HotkeyLogQemu : public CtlQemu {
  protected:
   void TearDown() override {
     ::unsetenv("PASSLAUNCH_SYSLOG_SOCKET");
@@ -298,7 +298,7 @@ class HotkeyQemu : public CtlQemu {
   std::unique_ptr<test::Passlaunch> sink_;
 };
 
-TEST_F(HotkeyQemu, TogglesLogToTheJournalWhenJournaldRuns) {
+TEST_F(HotkeyLogQemu, TogglesLogToTheJournalWhenJournaldRuns) {
   start_sink({"dgram:/run/systemd/journal/socket", "stream:/run/systemd/journal/stdout"});
   ::setenv("PASSLAUNCH_SYSLOG_SOCKET", (dir_.path() + "/unused.sock").c_str(), 1);
   toggle_round(sink_out());
@@ -307,7 +307,7 @@ TEST_F(HotkeyQemu, TogglesLogToTheJournalWhenJournaldRuns) {
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/passlaunch-" + name_ + ".log"));
 }
 
-TEST_F(HotkeyQemu, TogglesLogToSyslogWhenNoJournalRuns) {
+TEST_F(HotkeyLogQemu, TogglesLogToSyslogWhenNoJournalRuns) {
   std::string socket = dir_.path() + "/dev-log";
   start_sink({"dgram:" + socket});
   ::setenv("PASSLAUNCH_SYSLOG_SOCKET", socket.c_str(), 1);
@@ -316,7 +316,7 @@ TEST_F(HotkeyQemu, TogglesLogToSyslogWhenNoJournalRuns) {
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/passlaunch-" + name_ + ".log"));
 }
 
-TEST_F(HotkeyQemu, TogglesLogToAFileWithoutJournalOrSyslog) {
+TEST_F(HotkeyLogQemu, TogglesLogToAFileWithoutJournalOrSyslog) {
   start_sink({});
   ::setenv("PASSLAUNCH_SYSLOG_SOCKET", (dir_.path() + "/no-such.sock").c_str(), 1);
   toggle_round(dir_.path() + "/passlaunch-" + name_ + ".log");

@@ -72,7 +72,7 @@ int syslog_socket(const std::string& socket) {
 }
 
 /// What logger(1) does: a detached relay reads lines from a pipe and sends
-/// each to syslog as one message "<30>TAG[PID]: LINE" (daemon.info). Returns
+/// each to syslog as one message "<30>TAG: LINE" (daemon.info). Returns
 /// the pipe's write end for the VM's output; the relay ends at its EOF.
 int syslog_relay(int sock, const std::string& tag) {
   int p[2];
@@ -94,7 +94,7 @@ int syslog_relay(int sock, const std::string& tag) {
     if (int null = ::open("/dev/null", O_RDWR | O_CLOEXEC); null >= 0) {
       for (int i = 0; i < 3; ++i) ::dup2(null, i);
     }
-    std::string prefix = "<30>" + tag + "[" + std::to_string(::getpid()) + "]: ";
+    std::string prefix = "<30>" + tag + ": ";
     std::string pending;
     char buf[4096];
     auto send_line = [&](const std::string& line) {
