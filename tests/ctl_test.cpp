@@ -219,7 +219,10 @@ namespace {
 class HotkeyLogQemu : public CtlQemu {
  protected:
   void TearDown() override {
+    // What toggle_round set for the scripts: later tests must not inherit it.
     ::unsetenv("PASSLAUNCH_SYSLOG_SOCKET");
+    ::unsetenv("PASSLAUNCH");
+    ::unsetenv("XDG_RUNTIME_DIR");
     // A VM the scripts started that is still up (a failed test) is powered off.
     if (passlaunch_cmd({"ctl", name_, "poweroff"}, dir_.path()).first == 0) {
       for (int i = 0; i < 300 && passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first == 0;
