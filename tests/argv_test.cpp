@@ -138,7 +138,15 @@ TEST(Argv, MissingTapFdIsAnError) {
                            ProfileChecks{.files = false});
   HostFacts f = golden_facts(p);
   f.net_fds.clear();
-  EXPECT_THROW(build_qemu_argv(p, f), Error);
+  try {
+    build_qemu_argv(p, f);
+    ADD_FAILURE() << "a tap interface without a prepared fd was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Exit::kUsage);
+    EXPECT_EQ(static_cast<int>(e.code()), 2);
+    EXPECT_EQ(std::string(e.what()),
+              p.file + ": /network/0: no tap fd was prepared for this interface");
+  }
 }
 
 TEST(Argv, PanicModelsAddTheirNotifierAndPauseOnPanic) {

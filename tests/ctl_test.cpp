@@ -216,10 +216,13 @@ namespace {
 // else to a file. Each path is tested in a mount namespace of its own whose
 // /run is a fresh tmpfs (so this host's own journald, if any, is hidden),
 // with tests/helpers/log_sink listening where journald or syslog would.
-class HotkeyQemu : public CtlQemu {
+class HotkeyLogQemu : public CtlQemu {
  protected:
   void TearDown() override {
+    // What toggle_round set for the scripts: later tests must not inherit it.
     ::unsetenv("PASSLAUNCH_SYSLOG_SOCKET");
+    ::unsetenv("PASSLAUNCH");
+    ::unsetenv("XDG_RUNTIME_DIR");
     // A VM the scripts started that is still up (a failed test) is powered off.
     if (passlaunch_cmd({"ctl", name_, "poweroff"}, dir_.path()).first == 0) {
       for (int i = 0; i < 300 && passlaunch_cmd({"ctl", name_, "status"}, dir_.path()).first == 0;
@@ -298,7 +301,7 @@ class HotkeyQemu : public CtlQemu {
   std::unique_ptr<test::Passlaunch> sink_;
 };
 
-TEST_F(HotkeyQemu, TogglesLogToTheJournalWhenJournaldRuns) {
+TEST_F(HotkeyLogQemu, TogglesLogToTheJournalWhenJournaldRuns) {
   start_sink({"dgram:/run/systemd/journal/socket", "stream:/run/systemd/journal/stdout"});
   ::setenv("PASSLAUNCH_SYSLOG_SOCKET", (dir_.path() + "/unused.sock").c_str(), 1);
   toggle_round(sink_out());
@@ -307,7 +310,7 @@ TEST_F(HotkeyQemu, TogglesLogToTheJournalWhenJournaldRuns) {
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/passlaunch-" + name_ + ".log"));
 }
 
-TEST_F(HotkeyQemu, TogglesLogToSyslogWhenNoJournalRuns) {
+TEST_F(HotkeyLogQemu, TogglesLogToSyslogWhenNoJournalRuns) {
   std::string socket = dir_.path() + "/dev-log";
   start_sink({"dgram:" + socket});
   ::setenv("PASSLAUNCH_SYSLOG_SOCKET", socket.c_str(), 1);
@@ -316,7 +319,7 @@ TEST_F(HotkeyQemu, TogglesLogToSyslogWhenNoJournalRuns) {
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/passlaunch-" + name_ + ".log"));
 }
 
-TEST_F(HotkeyQemu, TogglesLogToAFileWithoutJournalOrSyslog) {
+TEST_F(HotkeyLogQemu, TogglesLogToAFileWithoutJournalOrSyslog) {
   start_sink({});
   ::setenv("PASSLAUNCH_SYSLOG_SOCKET", (dir_.path() + "/no-such.sock").c_str(), 1);
   toggle_round(dir_.path() + "/passlaunch-" + name_ + ".log");

@@ -2,7 +2,9 @@
 // desktop hotkey reaches through sudo or a polkit-allowed systemd unit. They
 // take VM names, never paths: NAME is /etc/passlaunch/NAME.json, checked by
 // load_trusted_profile (cli/trusted_profile.h). `start` returns at once; the
-// VM runs in a detached child that logs to the journal (tag passlaunch-NAME).
+// VM runs in a detached child that logs where the host logs, with the tag
+// passlaunch-NAME: to journald when it runs, else to syslog (/dev/log), else
+// to $XDG_RUNTIME_DIR/passlaunch-NAME.log (/run/passlaunch without it).
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -28,7 +30,7 @@ namespace {
 /// Where the detached VM's output goes.
 struct LogTarget {
   int fd = -1;
-  std::string where;  ///< for the user: "journalctl -t TAG" or the file
+  std::string where;  ///< for the user: "journalctl -t TAG", syslog or the file
 };
 
 /// A stream to journald (what systemd-cat does): the native stdout protocol's
@@ -54,11 +56,80 @@ int journal_stream(const std::string& tag) {
   return fd;
 }
 
-/// The journal when journald runs, else `log_dir`/passlaunch-NAME.log
-/// (appended; never through a symlink).
-LogTarget open_log(const std::string& name, const std::string& log_dir) {
+/// A datagram socket connected to syslog's `socket` (/dev/log), or -1.
+int syslog_socket(const std::string& socket) {
+  sockaddr_un addr{};
+  if (socket.size() >= sizeof addr.sun_path) return -1;
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, socket.c_str());
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/// What logger(1) does: a detached relay reads lines from a pipe and sends
+/// each to syslog as one message "<30>TAG: LINE" (daemon.info). Returns
+/// the pipe's write end for the VM's output; the relay ends at its EOF.
+int syslog_relay(int sock, const std::string& tag) {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) {
+    ::close(sock);
+    return -1;
+  }
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(sock);
+    ::close(p[0]);
+    ::close(p[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    ::setsid();
+    ::close(p[1]);
+    // Hold none of our caller's pipes open: it waits for their EOF.
+    if (int null = ::open("/dev/null", O_RDWR | O_CLOEXEC); null >= 0) {
+      for (int i = 0; i < 3; ++i) ::dup2(null, i);
+    }
+    std::string prefix = "<30>" + tag + ": ";
+    std::string pending;
+    char buf[4096];
+    auto send_line = [&](const std::string& line) {
+      std::string msg = prefix + line;
+      while (::send(sock, msg.data(), msg.size(), 0) < 0 && errno == EINTR) {
+      }
+    };
+    for (;;) {
+      ssize_t n = ::read(p[0], buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      pending.append(buf, static_cast<size_t>(n));
+      for (size_t nl; (nl = pending.find('\n')) != std::string::npos;) {
+        send_line(pending.substr(0, nl));
+        pending.erase(0, nl + 1);
+      }
+    }
+    if (!pending.empty()) send_line(pending);
+    ::_exit(0);
+  }
+  ::close(sock);
+  ::close(p[0]);
+  return p[1];
+}
+
+/// The journal when journald runs, else syslog on `syslog_path` when it
+/// listens, else `log_dir`/passlaunch-NAME.log (appended; never through a
+/// symlink).
+LogTarget open_log(const std::string& name, const std::string& syslog_path,
+                   const std::string& log_dir) {
   std::string tag = "passlaunch-" + name;
   if (int fd = journal_stream(tag); fd >= 0) return {fd, "journalctl -t " + tag};
+  if (int sock = syslog_socket(syslog_path); sock >= 0) {
+    if (int fd = syslog_relay(sock, tag); fd >= 0) return {fd, "syslog, tag " + tag};
+  }
   ::mkdir(log_dir.c_str(), 0755);
   std::string file = log_dir + "/" + tag + ".log";
   int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0640);
@@ -138,7 +209,11 @@ void add_start_commands(CLI::App& app, Action& action) {
       if (o->foreground) return run_vm(profile, RunOptions{});
       const char* xdg = std::getenv("XDG_RUNTIME_DIR");
       std::string log_dir = xdg && *xdg ? std::string(xdg) : std::string("/run/passlaunch");
-      return detach_and_run(profile, open_log(profile.name, log_dir));
+      // syslog's socket; tests point it at their own listener.
+      // A user reaching us through sudo does not choose where root's log goes.
+      const char* sys = for_user ? nullptr : std::getenv("PASSLAUNCH_SYSLOG_SOCKET");
+      std::string syslog_path = sys && *sys ? std::string(sys) : std::string("/dev/log");
+      return detach_and_run(profile, open_log(profile.name, syslog_path, log_dir));
     };
   });
 
