@@ -94,6 +94,10 @@ TEST_F(RunRestore, NonExecutableHookIsExitTwoBeforeAnythingChanges) {
 // release, because the journal holds no rebind for them (so `recover` will
 // not rebind them either); everything else comes back.
 TEST_F(RunRestore, RebindVtconsolesFalseLeavesConsolesUnboundAndOutOfTheJournal) {
+  // A GPU that is not the boot VGA: on 6.x, vfio-pci taking the boot VGA
+  // removes the boot framebuffer and vtcon1 for good (sysfb_disable), which
+  // would leave nothing to rebind or leave unbound.
+  std::ofstream(h_.root() + "/sys/bus/pci/devices/0000:01:00.0/boot_vga") << "0\n";
   const auto before = h_.snapshot();
   Profile p = sim_profile("vtvm", R"(, "rebind_vtconsoles": false)");
   host::Handover handover(host::handover_config(p, h_.fs()), *env_);
