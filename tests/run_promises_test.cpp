@@ -539,7 +539,9 @@ TEST_F(RunRefusal, HugepageBackedSizeNotAMultipleOfTwoMibIsRefused) {
   auto [code, out] = passlaunch_cmd({"run", path}, dir_.path());
   EXPECT_EQ(code, 2) << out;
   EXPECT_NE(
-      out.find(path + ": /memory/size_mib: hugepage-backed memory must be a multiple of the page size (2 MiB)"),
+      out.find(
+          path +
+          ": /memory/size_mib: hugepage-backed memory must be a multiple of the page size (2 MiB)"),
       std::string::npos)
       << out;
   EXPECT_FALSE(fs::exists(dir_.path() + "/passlaunch/huge"));
