@@ -456,17 +456,22 @@ TEST_F(RunPromiseQemu, RecoverWithoutANameLeavesRunningVmsAlone) {
 }
 
 /// One `Exec...=` command line of the systemd unit, split as systemd splits
-/// it (the unit uses no quotes), with the specifiers and paths of this test.
+/// it (the unit uses no quotes), with the specifiers and paths of this test:
+/// the installed binary is this build's, and `start` looks for NAME.json in
+/// the profile's directory instead of /etc/passlaunch (`--config-dir`).
 std::vector<std::string> unit_command(const std::string& key, const std::string& name,
                                       const std::string& profile) {
-  std::istringstream unit(slurp(std::string(PL_SOURCE_DIR) + "/scripts/passlaunch@.service"));
+  std::istringstream unit(slurp(std::string(PL_SOURCE_DIR) + "/scripts/passlaunch@.service.in"));
   for (std::string line; std::getline(unit, line);) {
     if (line.rfind(key + "=", 0) != 0) continue;
     std::istringstream words(line.substr(key.size() + 1));
     std::vector<std::string> argv;
     for (std::string w; words >> w;) {
-      if (w == "/usr/local/bin/passlaunch") w = PL_PASSLAUNCH;
-      if (w == "/etc/passlaunch/%i.json") w = profile;
+      if (w == "@PL_BIN@") w = PL_PASSLAUNCH;
+      if (w == "%i" && argv.size() >= 2 && argv[1] == "start") {
+        argv.push_back("--config-dir");
+        argv.push_back(fs::path(profile).parent_path());
+      }
       for (size_t p; (p = w.find("%i")) != std::string::npos;) w.replace(p, 2, name);
       argv.push_back(w);
     }
@@ -483,11 +488,12 @@ TEST_F(RunPromiseQemu, UnitExecStopShutsTheGuestDownGracefully) {
   std::string profile = write_profile(guest_profile(name_, "normal"));
   std::vector<std::string> start = unit_command("ExecStart", name_, profile);
   std::vector<std::string> stop = unit_command("ExecStop", name_, profile);
-  ASSERT_EQ(start, (std::vector<std::string>{PL_PASSLAUNCH, "run", profile}));
+  ASSERT_EQ(start, (std::vector<std::string>{PL_PASSLAUNCH, "start", "--foreground", "--config-dir",
+                                             fs::path(profile).parent_path(), name_}));
   ASSERT_FALSE(stop.empty());
-  ASSERT_NE(
-      slurp(std::string(PL_SOURCE_DIR) + "/scripts/passlaunch@.service").find("KillSignal=SIGTERM"),
-      std::string::npos);
+  ASSERT_NE(slurp(std::string(PL_SOURCE_DIR) + "/scripts/passlaunch@.service.in")
+                .find("KillSignal=SIGTERM"),
+            std::string::npos);
   Passlaunch run(start, dir_.path(), true);
   ASSERT_TRUE(run.out().wait_for("passlaunch-guest: ready")) << run.out().text();
   auto [code, out] = passlaunch_cmd(stop, dir_.path(), true);
