@@ -79,17 +79,15 @@ std::set<std::string> man_fields(const std::string& roff) {
   while (std::getline(in, line)) {
     if (std::regex_match(line, m, std::regex(R"re(\.SH "?([^"]*)"?)re"))) {
       section = unroff(m[1].str());
-  }
-  else if (line == ".TP" && std::getline(in, line)) {
-    out.insert(section + ": " + unroff(line));
-  }
-  else if (line.rfind(".IP \\(bu", 0) == 0 && std::getline(in, line)) {
-    if (std::regex_match(line, m, std::regex(R"(\\fB([^\\]+)\\fR:.*)"))) {
-      out.insert(section + ": " + unroff(m[1].str()));
+    } else if (line == ".TP" && std::getline(in, line)) {
+      out.insert(section + ": " + unroff(line));
+    } else if (line.rfind(".IP \\(bu", 0) == 0 && std::getline(in, line)) {
+      if (std::regex_match(line, m, std::regex(R"(\\fB([^\\]+)\\fR:.*)"))) {
+        out.insert(section + ": " + unroff(m[1].str()));
+      }
     }
   }
-}
-return out;
+  return out;
 }
 
 std::string diff(const std::set<std::string>& a, const std::set<std::string>& b) {

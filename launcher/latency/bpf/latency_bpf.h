@@ -17,8 +17,8 @@
 #define PL_HIST_TOP_EXP 42
 #define PL_HIST_BUCKETS (PL_HIST_EXACT + (PL_HIST_TOP_EXP - 6) * (1 << PL_HIST_SUB_BITS))
 
-#define PL_MAX_SLOTS 256  /* threads tracked (the slots array; user space may lower it) */
-#define PL_MAX_CPUS 256   /* per-CPU state and allowed masks */
+#define PL_MAX_SLOTS 256 /* threads tracked (the slots array; user space may lower it) */
+#define PL_MAX_CPUS 256  /* per-CPU state and allowed masks */
 #define PL_CPU_WORDS (PL_MAX_CPUS / 64)
 #define PL_WAITERS 4      /* target threads waiting on one CPU whose blame is kept */
 #define PL_MAX_BLAME 8192 /* (thread, blocker) pairs */
@@ -62,7 +62,7 @@ struct pl_slot {
   __u64 migrations;
   __u64 outside_ns, outside_switch_ins; /* ran on a CPU outside `allowed` */
   __u64 noise_ns, noise_count;          /* IRQ/softirq time while it was current */
-  __u64 worst_ns, worst_ts;             /* the longest wait and when it ended (CLOCK_MONOTONIC ns) */
+  __u64 worst_ns, worst_ts; /* the longest wait and when it ended (CLOCK_MONOTONIC ns) */
   __u32 worst_kind, worst_cpu;
   __u64 window_max_ns; /* longest wait since user space last reset it */
   __u64 blame_lost_ns; /* wait time not attributed (more than PL_WAITERS waiting, map full) */
@@ -82,8 +82,8 @@ struct pl_waiter {
   __u64 top_ns; /* the longest single stretch and its blocker */
 };
 
-/* Per CPU (the program's .bss, `cpus`): what runs there now, and who waits there. Written on that CPU,
- * except waiters, which a remote wakeup or migration adds under the rq lock. */
+/* Per CPU (the program's .bss, `cpus`): what runs there now, and who waits there. Written on that
+ * CPU, except waiters, which a remote wakeup or migration adds under the rq lock. */
 struct pl_cpu {
   __s32 curr_slot; /* the tracked thread running here, or -1 */
   __u16 hard_kind; /* PL_BLK_IRQ or PL_BLK_LOCAL_TIMER while in one */
