@@ -1249,30 +1249,48 @@ TEST(LatencyCli, SamplesAVmByNameAsJsonCsvAndPlot) {
   EXPECT_NE(text.find("vcpu 0"), std::string::npos);
 }
 
-TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
-  Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"}});
+/// `passlaunch latency --pid PID --source SOURCE --duration 10m --json` as a
+/// child whose stdout we read: for the interrupt tests.
+struct InterruptedCli {
+  pid_t pid;
+  int out;
+  /// Reads the report to its end and reaps the child: {wait status, stdout}.
+  std::pair<int, std::string> finish() {
+    std::string text;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(out, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+    close(out);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return {status, text};
+  }
+};
+
+InterruptedCli start_latency_json(pid_t target, const char* source) {
   int out[2];
-  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
-  std::string pid = std::to_string(w.pid());
+  if (pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+  std::string pid = std::to_string(target);
   pid_t cli = fork();
   if (cli == 0) {
     dup2(out[1], 1);
-    execl(PL_PASSLAUNCH, PL_PASSLAUNCH, "latency", "--pid", pid.c_str(), "--source", "procfs",
+    execl(PL_PASSLAUNCH, PL_PASSLAUNCH, "latency", "--pid", pid.c_str(), "--source", source,
           "--duration", "10m", "--json", static_cast<char*>(nullptr));
     _exit(127);
   }
   close(out[1]);
+  return {cli, out[0]};
+}
+
+TEST(LatencyCli, InterruptStopsEarlyAndStillPrintsTheReport) {
+  Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"}});
+  InterruptedCli c = start_latency_json(w.pid(), "procfs");
+  pid_t cli = c.pid;
   // SIGINT is taken by a waiter thread, started before sampling begins:
   // once a second thread exists, the interrupt stops the sampler.
   wait_for([&] { return list_threads(cli).size() >= 2; }, "the sampler to start");
   kill(cli, SIGINT);
-  std::string text;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(out[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
-  close(out[0]);
-  int status = 0;
-  waitpid(cli, &status, 0);
+  auto [status, text] = c.finish();
   ASSERT_TRUE(WIFEXITED(status)) << "killed by the interrupt instead of stopping";
   EXPECT_EQ(WEXITSTATUS(status), 0);
   nlohmann::json j = nlohmann::json::parse(text);
@@ -1393,17 +1411,8 @@ TEST(LatencyCli, ForcedSourcesSayWhichIsUsed) {
 TEST(LatencyCli, InterruptStopsTheBpfSourceAndStillPrintsTheReport) {
   REQUIRE_BPF();
   Workload w({{Workload::Kind::kBlink, -1, 0, "CPU 0/KVM"}});
-  int out[2];
-  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
-  std::string pid = std::to_string(w.pid());
-  pid_t cli = fork();
-  if (cli == 0) {
-    dup2(out[1], 1);
-    execl(PL_PASSLAUNCH, PL_PASSLAUNCH, "latency", "--pid", pid.c_str(), "--source", "bpf",
-          "--duration", "10m", "--json", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(out[1]);
+  InterruptedCli c = start_latency_json(w.pid(), "bpf");
+  pid_t cli = c.pid;
   // SIGINT is blocked (SigBlk bit 2) before the profiler is made; from then
   // on it waits in the signalfd.
   auto blocked = [&] {
@@ -1415,13 +1424,7 @@ TEST(LatencyCli, InterruptStopsTheBpfSourceAndStillPrintsTheReport) {
   };
   wait_for(blocked, "the profiler to block SIGINT");
   kill(cli, SIGINT);
-  std::string text;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(out[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
-  close(out[0]);
-  int status = 0;
-  waitpid(cli, &status, 0);
+  auto [status, text] = c.finish();
   ASSERT_TRUE(WIFEXITED(status)) << "killed by the interrupt instead of stopping";
   EXPECT_EQ(WEXITSTATUS(status), 0);
   nlohmann::json j = nlohmann::json::parse(text);
